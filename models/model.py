@@ -1,0 +1,88 @@
+"""TFX Trainer entry point (`run_fn`): trains the multi-task model and exports it for serving."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_text  # noqa: E402,F401  (registers the WordPiece ops the Transform graph uses)
+import tensorflow_transform as tft  # noqa: E402
+import tf_keras  # noqa: E402
+from tfx_bsl.public import tfxio  # noqa: E402
+
+from models import features  # noqa: E402
+from models.export import export_serving_model  # noqa: E402
+from models.multitask import MultiTaskModel  # noqa: E402
+from models.network import build_network  # noqa: E402
+from models.preprocessing import SPEC_KEY  # noqa: E402
+from models.spec import ProjectSpec  # noqa: E402
+from models.tasks import make_task  # noqa: E402
+
+HISTORY_FILE = "history.json"
+
+
+def cardinalities(spec: ProjectSpec, tf_transform_output: tft.TFTransformOutput) -> dict[str, int]:
+    """Number of embedding rows each categorical / id input needs."""
+    sizes = {}
+    for column in spec.features.categorical:
+        vocab = tf_transform_output.vocabulary_size_by_name(features.categorical_vocab_name(column))
+        sizes[features.categorical_key(column)] = vocab + spec.features.categorical_oov_buckets
+    for column in spec.features.ids:
+        sizes[features.id_key(column)] = spec.features.id_hash_buckets
+    return sizes
+
+
+def build_model(spec: ProjectSpec, sizes: dict[str, int]) -> MultiTaskModel:
+    tf_keras.utils.set_random_seed(spec.training.seed)
+    tasks = [make_task(t) for t in spec.tasks]
+    network = build_network(spec, tasks, sizes)
+    head_lr = spec.training.head_learning_rate or spec.training.learning_rate
+    model = MultiTaskModel(network, tasks, encoder_optimizer=tf_keras.optimizers.Adam(spec.training.learning_rate))
+    model.compile(optimizer=tf_keras.optimizers.Adam(head_lr))
+    return model
+
+
+def _dataset(fn_args, files, spec: ProjectSpec, tf_transform_output, batch_size: int, shuffle: bool):
+    return fn_args.data_accessor.tf_dataset_factory(
+        files,
+        tfxio.TensorFlowDatasetOptions(
+            batch_size=batch_size, num_epochs=1, shuffle=shuffle, shuffle_seed=spec.training.seed
+        ),
+        tf_transform_output.transformed_metadata.schema,
+    )
+
+
+class ProgressLogger(tf_keras.callbacks.Callback):
+    """Logs losses every `every` steps: training runs for minutes and should show it is alive."""
+
+    def __init__(self, every: int = 25):
+        super().__init__()
+        self.every = every
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch % self.every == 0:
+            shown = {k: round(float(v), 4) for k, v in (logs or {}).items() if k.endswith("loss")}
+            logging.info("train step %d: %s", batch, shown)
+
+
+def run_fn(fn_args) -> None:
+    """TFX Trainer entry point."""
+    spec = ProjectSpec.from_json(fn_args.custom_config[SPEC_KEY])
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    train = _dataset(fn_args, fn_args.train_files, spec, tf_transform_output, spec.training.batch_size, True)
+    evals = _dataset(fn_args, fn_args.eval_files, spec, tf_transform_output, spec.training.eval_batch_size, False)
+    if spec.training.max_steps_per_epoch:
+        train = train.take(spec.training.max_steps_per_epoch)
+    model = build_model(spec, cardinalities(spec, tf_transform_output))
+    callbacks = [
+        tf_keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq=20),
+        ProgressLogger(),
+    ]
+    history = model.fit(train, validation_data=evals, epochs=spec.training.epochs, callbacks=callbacks, verbose=2)
+    tf.io.gfile.makedirs(fn_args.model_run_dir)
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as f:
+        json.dump({k: [float(x) for x in v] for k, v in history.history.items()}, f, indent=1)
+    export_serving_model(model, tf_transform_output, spec, fn_args.serving_model_dir)

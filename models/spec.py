@@ -1,0 +1,257 @@
+"""The typed project configuration: one YAML file declares data, features, encoder and tasks.
+
+Everything downstream (Transform, model heads, losses, metrics, signatures, reports) is derived
+from a `ProjectSpec`, so a task is declared exactly once.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class ConfigError(ValueError):
+    """A configuration file is invalid; the message names the file, the key and what was expected."""
+
+
+class _Strict(BaseModel):
+    # extra="forbid": a misspelt key must fail loudly instead of being ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskType(str, enum.Enum):
+    BINARY = "binary"
+    MULTICLASS = "multiclass"
+    REGRESSION = "regression"
+
+
+_DEFAULT_METRICS = {
+    TaskType.BINARY: ["auc", "binary_accuracy"],
+    TaskType.MULTICLASS: ["accuracy"],
+    TaskType.REGRESSION: ["rmse", "mae"],
+}
+LOWER_IS_BETTER = {"rmse", "mae", "mse", "log_loss"}
+_ALLOWED_METRICS = {
+    TaskType.BINARY: {"auc", "pr_auc", "binary_accuracy", "precision", "recall", "log_loss"},
+    TaskType.MULTICLASS: {"accuracy", "top2_accuracy", "log_loss"},
+    TaskType.REGRESSION: {"rmse", "mae", "mse"},
+}
+
+
+class TaskSpec(_Strict):
+    name: str
+    type: TaskType
+    label: str = Field(description="column of the prepared data holding the label")
+    classes: list[str] | None = None
+    loss_weight: float = Field(1.0, ge=0.0)
+    metrics: list[str] = Field(default_factory=list)
+    label_transform: Literal["none", "log1p"] = "none"
+    # The Evaluator blesses a model only if the task's primary metric is better than this
+    # (above it for AUC/accuracy, below it for RMSE/MAE/log loss); None sets no threshold.
+    blessing_threshold: float | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"task name {v!r} must match {_NAME.pattern} (it becomes a model output name)")
+        return v
+
+    @model_validator(mode="after")
+    def _check_classes_and_metrics(self) -> "TaskSpec":
+        if self.type == TaskType.MULTICLASS:
+            if not self.classes or len(self.classes) < 2:
+                raise ValueError(f"multiclass task {self.name!r} needs 'classes' with at least 2 entries")
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError(f"task {self.name!r} has duplicate classes: {self.classes}")
+        elif self.classes is not None:
+            raise ValueError(f"task {self.name!r} of type {self.type.value} must not declare 'classes'")
+        if self.label_transform != "none" and self.type != TaskType.REGRESSION:
+            raise ValueError(f"label_transform is only allowed for regression tasks, not {self.name!r}")
+        unknown = set(self.metrics) - _ALLOWED_METRICS[self.type]
+        if unknown:
+            raise ValueError(
+                f"task {self.name!r}: unknown metrics {sorted(unknown)}; "
+                f"{self.type.value} tasks allow {sorted(_ALLOWED_METRICS[self.type])}"
+            )
+        if not self.metrics:
+            object.__setattr__(self, "metrics", list(_DEFAULT_METRICS[self.type]))
+        return self
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def primary_metric_lower_is_better(self) -> bool:
+        return self.primary_metric in LOWER_IS_BETTER
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes else 1
+
+
+class SimulationSpec(_Strict):
+    rows: int = Field(6000, gt=0)
+    seed: int = 0
+
+
+class SourceSpec(_Strict):
+    """One input: a CSV file (optionally .gz), or the built-in simulated platform."""
+
+    path: str | None = Field(None, description="relative paths resolve against --data (or the config's folder)")
+    simulated: SimulationSpec | None = None
+    # project column name -> column name in the source file; unmapped columns keep their names
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "SourceSpec":
+        if (self.path is None) == (self.simulated is None):
+            raise ValueError("a source needs exactly one of 'path' (a CSV file) or 'simulated' (generated data)")
+        return self
+
+
+class EncoderSpec(_Strict):
+    """Which BERT encoder to use: `tiny` (random, tests), `minilm` (pretrained), or a local HF directory."""
+
+    kind: Literal["tiny", "minilm", "path"] = "minilm"
+    path: str | None = None
+    trainable: bool = True
+    pooling: Literal["mean", "cls"] = "mean"
+    # Sizes of the random `tiny` encoder; ignored by pretrained encoders.
+    hidden_size: int = Field(32, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(2, gt=0)
+
+    @model_validator(mode="after")
+    def _path_iff_kind_path(self) -> "EncoderSpec":
+        if self.kind == "path" and not self.path:
+            raise ValueError("encoder kind 'path' needs 'path': a directory with config.json and vocab.txt")
+        if self.kind != "path" and self.path:
+            raise ValueError(f"encoder kind {self.kind!r} takes no 'path'; use {{path: DIR}} for a local model")
+        return self
+
+
+class FeaturesSpec(_Strict):
+    text: list[str] = Field(default_factory=list)
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    ids: list[str] = Field(default_factory=list)
+    id_hash_buckets: int = Field(1000, gt=0)
+    # Categorical vocabularies: values seen fewer times map to an OOV bucket.
+    categorical_oov_buckets: int = Field(1, gt=0)
+
+    def all_columns(self) -> list[str]:
+        return [*self.text, *self.numeric, *self.categorical, *self.ids]
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(1, gt=0)
+    batch_size: int = Field(32, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    head_learning_rate: float | None = Field(None, gt=0)
+    # Optional cap on steps per epoch; None trains on the whole split each epoch.
+    max_steps_per_epoch: int | None = Field(None, gt=0)
+    eval_batch_size: int = Field(64, gt=0)
+    shared_units: list[int] = Field(default_factory=lambda: [128])
+    tower_units: list[int] = Field(default_factory=lambda: [64])
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: int = 0
+    eval_split_percent: int = Field(20, gt=0, lt=100)
+
+
+class ProjectSpec(_Strict):
+    model_name: str
+    sources: list[SourceSpec] = Field(min_length=1)
+    features: FeaturesSpec
+    tasks: list[TaskSpec] = Field(min_length=1)
+    encoder: EncoderSpec = Field(default_factory=EncoderSpec)
+    sequence_length: int = Field(64, ge=8, le=512)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"model_name {v!r} must match {_NAME.pattern} (it names the serving directory)")
+        return v
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> "ProjectSpec":
+        names = [t.name for t in self.tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate task names: {dupes}")
+        feature_cols = self.features.all_columns()
+        dupes = sorted({c for c in feature_cols if feature_cols.count(c) > 1})
+        if dupes:
+            raise ValueError(f"columns declared as more than one feature kind: {dupes}")
+        if not feature_cols:
+            raise ValueError("features: declare at least one text, numeric, categorical or id column")
+        overlap = sorted(set(feature_cols) & {t.label for t in self.tasks})
+        if overlap:
+            raise ValueError(f"label columns used as features too (that leaks the label): {overlap}")
+        return self
+
+    # --- derived views -------------------------------------------------------------------------
+    def label_columns(self) -> list[str]:
+        return sorted({t.label for t in self.tasks})
+
+    def input_columns(self) -> list[str]:
+        """Every column the prepared data carries: features, then labels."""
+        return [*self.features.all_columns(), *[c for c in self.label_columns()]]
+
+    def task(self, name: str) -> TaskSpec:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(f"no task named {name!r}; tasks are {[t.name for t in self.tasks]}")
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> "ProjectSpec":
+        return cls.model_validate_json(text)
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: Any, source: str = "<config>") -> ProjectSpec:
+    """Validates a mapping into a ProjectSpec; errors name `source` and every bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return ProjectSpec.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: invalid configuration\n{_format_errors(err)}") from None
+
+
+def load_spec(path: Union[str, os.PathLike]) -> ProjectSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_spec(data, str(path))
+
+
+def spec_digest(spec: ProjectSpec) -> str:
+    """A stable text form, used to tell TFX runs with different specs apart."""
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True)

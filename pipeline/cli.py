@@ -1,0 +1,121 @@
+"""`commerce-mtl`: generate the simulated platform, or run the whole TFX pipeline on a config."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from models.spec import ConfigError, ProjectSpec, load_spec  # noqa: E402
+from pipeline import configs  # noqa: E402
+
+
+def _generate(args) -> int:
+    from pipeline.simulation import generate
+
+    data = generate(rows=args.rows, seed=args.seed, out_dir=args.out)
+    print(f"wrote {data.rows} events to {data.events_csv} and Bayes-optimal probabilities to {data.oracle_csv}")
+    print("labels per task: " + ", ".join(f"{k}={v}" for k, v in data.label_counts.items()))
+    return 0
+
+
+def source_files(spec: ProjectSpec, config_path: Path, data: Path | None, paths: configs.RunPaths) -> list[Path]:
+    """The file behind each source: generated for `simulated`, else resolved against --data."""
+    from pipeline.simulation import generate
+
+    files = []
+    for i, source in enumerate(spec.sources):
+        if source.simulated is not None:
+            out = paths.generated if len(spec.sources) == 1 else paths.generated / f"source{i}"
+            files.append(generate(source.simulated.rows, source.simulated.seed, out).events_csv)
+        elif data is not None and data.is_file():
+            if len(spec.sources) != 1:
+                raise ConfigError(f"--data {data} is a file but {config_path} declares {len(spec.sources)} sources")
+            files.append(data)
+        else:
+            base = data if data is not None else config_path.parent
+            files.append((base / source.path).expanduser().resolve())
+    return files
+
+
+def _run(args) -> int:
+    config_path = Path(args.config).resolve()
+    spec = load_spec(config_path)
+    if args.rows is not None:
+        spec = spec.model_copy(update={"sources": [
+            s.model_copy(update={"simulated": s.simulated.model_copy(update={"rows": args.rows})})
+            if s.simulated else s for s in spec.sources]})
+    paths = configs.RunPaths(Path(args.workdir).resolve())
+    started = time.monotonic()
+    from pipeline.data_prep import prepare
+
+    prepared = prepare(spec, source_files(spec, config_path, Path(args.data).resolve() if args.data else None, paths),
+                       paths.prepared)
+    print(f"prepared {prepared.rows} rows -> {prepared.csv}; labels per task: {prepared.label_counts}", flush=True)
+
+    from tfx import v1 as tfx
+
+    from pipeline.pipeline import create_pipeline
+    from pipeline.report import RunError, write_metrics_report
+
+    beam_args = configs.default_beam_args(args.workers) + list(args.beam_arg or [])
+    pipeline = create_pipeline(
+        pipeline_name=spec.model_name,
+        pipeline_root=str(paths.pipeline_root),
+        data_root=str(paths.prepared),
+        spec=spec,
+        serving_model_dir=str(paths.serving_model_dir(spec.model_name)),
+        metadata_path=str(paths.metadata),
+        beam_pipeline_args=beam_args,
+    )
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    try:
+        report = write_metrics_report(paths.metadata, spec, paths.reports)
+    except RunError as err:
+        print(f"commerce-mtl: {err}", file=sys.stderr)
+        return 1
+    print(f"\npushed {spec.model_name} version {report['version']} to {paths.serving_model_dir(spec.model_name)}")
+    for task, metrics in report["tasks"].items():
+        print(f"  {task:14s} " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    print(f"metrics: {paths.reports / 'metrics.json'}  ({time.monotonic() - started:.0f} s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="commerce-mtl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="write the simulated e-commerce platform as CSV")
+    gen.add_argument("--rows", type=int, default=configs.DEFAULT_ROWS)
+    gen.add_argument("--seed", type=int, default=configs.DEFAULT_SEED)
+    gen.add_argument("--out", default=str(Path(configs.DEFAULT_WORKDIR) / "data" / "generated"))
+    gen.set_defaults(func=_generate)
+    run = sub.add_parser("run", help="run the TFX pipeline and push a model for TF Serving")
+    run.add_argument("--config", default=configs.DEFAULT_CONFIG)
+    run.add_argument("--data", help="data file, or folder the config's relative source paths resolve against")
+    run.add_argument("--workdir", default=configs.DEFAULT_WORKDIR)
+    run.add_argument("--rows", type=int, help="override the rows of simulated sources")
+    run.add_argument("--workers", type=int, default=2, help="Beam DirectRunner worker processes")
+    run.add_argument("--beam-arg", action="append", help="extra Beam pipeline argument (repeatable)")
+    run.set_defaults(func=_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    from models.encoders import EncoderError
+    from pipeline.data_prep import DataError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, EncoderError) as err:
+        print(f"commerce-mtl: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

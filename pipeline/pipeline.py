@@ -1,0 +1,72 @@
+"""The TFX pipeline: ExampleGen -> Statistics/Schema/Validator -> Transform -> Trainer -> Evaluator -> Pusher."""
+from __future__ import annotations
+
+from tfx import v1 as tfx
+
+from components.anomalies_gate import AnomaliesGate
+from models.evaluation import eval_config
+from models.preprocessing import SPEC_KEY
+from models.spec import ProjectSpec
+from pipeline import configs
+
+
+def create_pipeline(
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: str,
+    spec: ProjectSpec,
+    serving_model_dir: str,
+    metadata_path: str,
+    beam_pipeline_args: list[str] | None = None,
+) -> tfx.dsl.Pipeline:
+    custom_config = {SPEC_KEY: spec.to_json()}
+    split = spec.training.eval_split_percent
+    output_config = tfx.proto.Output(
+        split_config=tfx.proto.SplitConfig(splits=[
+            tfx.proto.SplitConfig.Split(name="train", hash_buckets=100 - split),
+            tfx.proto.SplitConfig.Split(name="eval", hash_buckets=split),
+        ])
+    )
+    example_gen = tfx.components.CsvExampleGen(input_base=data_root, output_config=output_config)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+    )
+    gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"], schema=schema_gen.outputs["schema"])
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=gate.outputs["validated_schema"],
+        preprocessing_fn=configs.PREPROCESSING_FN,
+        custom_config=custom_config,
+    )
+    trainer = tfx.components.Trainer(
+        run_fn=configs.RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=gate.outputs["validated_schema"],
+        train_args=tfx.proto.TrainArgs(),
+        eval_args=tfx.proto.EvalArgs(),
+        custom_config=custom_config,
+    )
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        eval_config=eval_config(spec),
+    )
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
+        ),
+    )
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, gate, transform, trainer,
+                    evaluator, pusher],
+        enable_cache=False,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
+        beam_pipeline_args=beam_pipeline_args or configs.default_beam_args(),
+    )

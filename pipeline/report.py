@@ -1,0 +1,79 @@
+"""Reads a finished run from ML Metadata and writes reports/metrics.json (per task, per metric)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import tensorflow_model_analysis as tfma
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from models.spec import ProjectSpec
+
+
+class RunError(RuntimeError):
+    """The pipeline finished without producing what a run promises (e.g. the model was not blessed)."""
+
+
+def open_store(metadata_path: Path) -> metadata_store.MetadataStore:
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = str(metadata_path)
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(config)
+
+
+def latest_artifact(store, type_name: str):
+    artifacts = store.get_artifacts_by_type(type_name)
+    if not artifacts:
+        raise RunError(f"the run produced no {type_name} artifact")
+    return max(artifacts, key=lambda a: (a.create_time_since_epoch, a.id))
+
+
+def executed_components(store) -> set[str]:
+    """Node ids of every execution that completed (from ML Metadata)."""
+    done = {metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED}
+    names = set()
+    for execution in store.get_executions():
+        if execution.last_known_state in done:
+            node = execution.custom_properties.get("__node_id__") or execution.properties.get("component_id")
+            names.add(node.string_value if node else store.get_execution_types_by_id([execution.type_id])[0].name)
+    return names
+
+
+def overall_metrics(evaluation_uri: str, spec: ProjectSpec) -> dict[str, dict[str, float]]:
+    tasks: dict[str, dict[str, float]] = {t.name: {} for t in spec.tasks}
+    for metrics_for_slice in tfma.load_metrics(evaluation_uri):
+        if metrics_for_slice.slice_key.single_slice_keys:
+            continue
+        for kv in metrics_for_slice.metric_keys_and_values:
+            if kv.key.output_name in tasks and kv.value.HasField("double_value"):
+                tasks[kv.key.output_name][kv.key.name] = round(kv.value.double_value.value, 6)
+    return tasks
+
+
+def blessing_failures(evaluation_uri: str) -> list[str]:
+    result = tfma.load_validation_result(evaluation_uri)
+    failures = []
+    for per_slice in result.metric_validations_per_slice:
+        for failure in per_slice.failures:
+            failures.append(
+                f"{failure.metric_key.output_name}/{failure.metric_key.name} = "
+                f"{failure.metric_value.double_value.value:.4f} ({failure.message or 'below threshold'})")
+    return failures
+
+
+def write_metrics_report(metadata_path: Path, spec: ProjectSpec, report_dir: Path) -> dict:
+    store = open_store(metadata_path)
+    evaluation = latest_artifact(store, "ModelEvaluation")
+    pushed = latest_artifact(store, "PushedModel")
+    if not pushed.custom_properties["pushed"].int_value:
+        raise RunError("the Evaluator did not bless the model, nothing was pushed:\n  "
+                       + "\n  ".join(blessing_failures(evaluation.uri) or ["(no failure recorded)"]))
+    report = {
+        "model": spec.model_name,
+        "version": int(pushed.custom_properties["pushed_version"].string_value),
+        "tasks": overall_metrics(evaluation.uri, spec),
+    }
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
