@@ -1,6 +1,7 @@
 """The exported SavedModel: raw tf.Examples in, every task out, with the Transform graph inside."""
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -14,6 +15,8 @@ from models.spec import ProjectSpec  # noqa: E402
 
 EXAMPLES_INPUT = "examples"
 TRANSFORM_SIGNATURE = "transform_features"
+# Written beside the SavedModel so a client can build tf.Examples knowing only the model directory.
+RAW_FEATURES_FILE = "assets.extra/raw_features.json"
 
 
 def serving_feature_spec(tf_transform_output: tft.TFTransformOutput, spec: ProjectSpec) -> dict:
@@ -54,3 +57,12 @@ def export_serving_model(
         TRANSFORM_SIGNATURE: module.transform_features.get_concrete_function(),
     }
     tf.saved_model.save(module, export_dir, signatures=signatures)
+    _write_raw_features(module._serving_spec, export_dir)
+
+
+def _write_raw_features(feature_spec: dict, export_dir: str) -> None:
+    described = {name: {"dtype": f.dtype.name, "kind": type(f).__name__} for name, f in feature_spec.items()}
+    path = os.path.join(export_dir, RAW_FEATURES_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump(described, f, indent=1, sort_keys=True)

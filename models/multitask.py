@@ -75,7 +75,9 @@ class MultiTaskModel(tf_keras.Model):
         return out
 
     def _split_variables(self):
-        encoder_vars = [v for v in self.trainable_variables if f"{ENCODER_LAYER}/" in v.name]
+        """(encoder variables, everything else): the pretrained encoder is tuned with a smaller step."""
+        names = {layer.name for layer in self.network.layers}
+        encoder_vars = self.network.get_layer(ENCODER_LAYER).trainable_variables if ENCODER_LAYER in names else []
         ids = {id(v) for v in encoder_vars}
         return encoder_vars, [v for v in self.trainable_variables if id(v) not in ids]
 

@@ -10,6 +10,7 @@ import tf_keras  # noqa: E402
 
 from models import features  # noqa: E402
 from models.encoders import TextEncoder  # noqa: E402
+from models.multitask import ENCODER_LAYER  # noqa: E402
 from models.spec import ProjectSpec  # noqa: E402
 from models.tasks import Task  # noqa: E402
 
@@ -52,7 +53,7 @@ def build_network(spec: ProjectSpec, tasks: list[Task], cardinalities: dict[str,
     inputs = model_inputs(spec)
     parts = []
     if spec.features.text:
-        encoder = TextEncoder(spec.encoder.model_dump(mode="json"), spec.sequence_length, name="text_encoder")
+        encoder = TextEncoder(spec.encoder.model_dump(mode="json"), spec.sequence_length, name=ENCODER_LAYER)
         parts.append(encoder(inputs[features.INPUT_IDS], inputs[features.ATTENTION_MASK]))
     if spec.features.numeric:
         parts.append(inputs[features.NUMERIC])

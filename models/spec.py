@@ -5,6 +5,7 @@ from a `ProjectSpec`, so a task is declared exactly once.
 """
 from __future__ import annotations
 
+import difflib
 import enum
 import json
 import os
@@ -223,11 +224,37 @@ class ProjectSpec(_Strict):
         return cls.model_validate_json(text)
 
 
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that holds the key at `loc` (list indexes skipped)."""
+    model: Any = ProjectSpec
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates for c in [c, *getattr(c, "__args__", ())]
+                  if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {where}: {e['msg']}")
+        message = e["msg"]
+        if e["type"] == "extra_forbidden":
+            model = _model_at(e["loc"])
+            if model is not None:
+                allowed = sorted(model.model_fields)
+                close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
+                message += (f" (did you mean {close[0]!r}?)" if close else "") + f"; allowed keys: {allowed}"
+        lines.append(f"  {where}: {message}")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ their line breaks because CsvExampleGen reads one record per line.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +53,10 @@ def _read(path: Path, source: SourceSpec, spec: ProjectSpec) -> pd.DataFrame:
 
 def _numeric(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
     values = pd.to_numeric(frame[column], errors="coerce")
-    bad = values.isna() & frame[column].notna()
+    bad = (values.isna() & frame[column].notna()) | ~np.isfinite(values.fillna(0.0))
     if bad.any():
         example = frame.loc[bad, column].iloc[0]
-        raise DataError(f"{path}: column {column!r} expects numbers; rows {_rows(bad)} hold e.g. {example!r}")
+        raise DataError(f"{path}: column {column!r} expects finite numbers; rows {_rows(bad)} hold e.g. {example!r}")
     return values
 
 
@@ -77,6 +78,10 @@ def _check_labels(frame: pd.DataFrame, spec: ProjectSpec, path: Path) -> pd.Data
             if bad.any():
                 raise DataError(f"{path}: column {column!r} (binary task {task.name!r}) must be 0 or 1; "
                                 f"rows {_rows(bad)} hold e.g. {frame.loc[bad, column].iloc[0]!r}")
+        if task.label_transform == "log1p" and (values < 0).any():
+            bad = values < 0
+            raise DataError(f"{path}: column {column!r} (task {task.name!r}, log1p) must be >= 0; "
+                            f"rows {_rows(bad)} hold e.g. {frame.loc[bad, column].iloc[0]!r}")
         frame[column] = values
     unlabelled = frame[spec.label_columns()].isna().all(axis=1)
     if unlabelled.any():
@@ -110,18 +115,22 @@ def _integral_to_int(frame: pd.DataFrame) -> pd.DataFrame:
     # Keeps 0/1 labels and counts as "1", not "1.0", in the CSV (and as INT in the inferred schema).
     for column in frame.columns:
         values = frame[column]
-        if pd.api.types.is_float_dtype(values) and np.all(np.mod(values.dropna(), 1) == 0):
+        present = values.dropna() if pd.api.types.is_float_dtype(values) else None
+        # Beyond 2**53 a float no longer holds every integer exactly.
+        if present is not None and np.all(np.mod(present, 1) == 0) and (present.abs() < 2**53).all():
             frame[column] = values.astype("Int64")
     return frame
 
 
 def prepare(spec: ProjectSpec, source_files: list[Path], out_dir: Path) -> PreparedData:
     """Validates and unions the sources (one file per SourceSpec, same order) into out_dir/data.csv."""
+    if len(source_files) != len(spec.sources):
+        raise DataError(f"{len(source_files)} data files given for {len(spec.sources)} configured sources")
     frames = [_clean(_read(path, src, spec), spec, path) for path, src in zip(source_files, spec.sources)]
     frame = _integral_to_int(pd.concat(frames, ignore_index=True))
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("*"):
-        stale.unlink()
+    for stale in out_dir.iterdir():
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     target = out_dir / PREPARED_FILE
     frame.to_csv(target, index=False)
     counts = {t.name: int(frame[t.label].notna().sum()) for t in spec.tasks}

@@ -1,0 +1,128 @@
+"""Shared fixtures: a tiny-encoder spec, a few generated rows, and a real TF Transform run over them."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from models.spec import ProjectSpec, TaskType, parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+ROW_INDEX = "row_index"
+
+
+def tiny_config(**training) -> dict:
+    """configs/commerce.yaml with the random tiny encoder and short sequences, for fast tests."""
+    config = yaml.safe_load((ROOT / "configs" / "commerce.yaml").read_text())
+    config["encoder"] = {"kind": "tiny", "hidden_size": 32, "num_layers": 1, "num_heads": 2}
+    config["sequence_length"] = 32
+    config["training"].update(training)
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_spec() -> ProjectSpec:
+    return parse_spec(tiny_config(), "tiny test config")
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory):
+    from pipeline.simulation import generate
+
+    return generate(rows=96, seed=3, out_dir=tmp_path_factory.mktemp("generated"))
+
+
+def _is_int(values: list[str]) -> bool:
+    return all(v.lstrip("-").isdigit() for v in values)
+
+
+def raw_rows_and_spec(spec: ProjectSpec, csv_path: Path):
+    """Reads prepared CSV rows into TFT instance dicts, typed the way CSV schema inference types them
+    (every feature VarLen, empty cells missing), plus the matching raw feature spec."""
+    import tensorflow as tf
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = spec.input_columns()
+    dtypes = {}
+    for c in columns:
+        present = [r[c] for r in rows if r[c] != ""]
+        numeric = c in spec.features.numeric or any(
+            t.label == c and t.type != TaskType.MULTICLASS for t in spec.tasks)
+        dtypes[c] = (tf.int64 if _is_int(present) else tf.float32) if numeric else tf.string
+    feature_spec = {c: tf.io.VarLenFeature(dtypes[c]) for c in columns}
+
+    def cast(c, v):
+        if dtypes[c] == tf.string:
+            return v.encode()
+        return int(v) if dtypes[c] == tf.int64 else float(v)
+
+    instances = [{c: [cast(c, r[c])] if r[c] != "" else [] for c in columns} for r in rows]
+    return instances, feature_spec
+
+
+def serialize(instance: dict, columns: list[str]) -> bytes:
+    import tensorflow as tf
+
+    feature = {}
+    for c in columns:
+        values = instance.get(c) or []
+        if not values:
+            continue
+        if isinstance(values[0], bytes):
+            feature[c] = tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+        elif isinstance(values[0], int):
+            feature[c] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+        else:
+            feature[c] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+@pytest.fixture(scope="session")
+def transformed(tiny_spec, generated, tmp_path_factory):
+    """Runs tft_beam's AnalyzeAndTransformDataset with our preprocessing over the generated rows."""
+    import apache_beam as beam
+    import tensorflow as tf
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
+
+    from models.preprocessing import transform
+    from pipeline.data_prep import prepare
+
+    out = tmp_path_factory.mktemp("transform")
+    prepared = prepare(tiny_spec, [generated.events_csv], out / "prepared")
+    instances, feature_spec = raw_rows_and_spec(tiny_spec, prepared.csv)
+    # A row index rides along so the rows can be put back in order after Beam shuffles them.
+    instances = [{**row, ROW_INDEX: i} for i, row in enumerate(instances)]
+    feature_spec = {**feature_spec, ROW_INDEX: tf.io.FixedLenFeature([], tf.int64)}
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(feature_spec))
+    with tft_beam.Context(temp_dir=str(out / "tmp"), force_tf_compat_v1=False), beam.Pipeline() as pipeline:
+        raw = pipeline | beam.Create(instances, reshuffle=False)
+        (data, _), transform_fn = (raw, metadata) | tft_beam.AnalyzeAndTransformDataset(
+            lambda inputs: {**transform(inputs, tiny_spec), ROW_INDEX: inputs[ROW_INDEX]},
+            output_record_batches=False)
+        _ = transform_fn | tft_beam.WriteTransformFn(str(out / "transform_fn"))
+        _ = (data | beam.Map(lambda row: json.dumps({k: np.asarray(v).tolist() for k, v in row.items()}))
+             | beam.io.WriteToText(str(out / "transformed"), shard_name_template=""))
+    # TFX's Transform also stores the raw schema there; serving parses requests with it.
+    raw_schema = schema_utils.schema_from_feature_spec({k: v for k, v in feature_spec.items() if k != ROW_INDEX})
+    metadata_io.write_metadata(dataset_metadata.DatasetMetadata(raw_schema),
+                               str(out / "transform_fn" / tft.TFTransformOutput.RAW_METADATA_DIR))
+    rows = [json.loads(line) for line in (out / "transformed").read_text().splitlines()]
+    data = [{k: np.asarray(v) for k, v in r.items()} for r in sorted(rows, key=lambda r: r[ROW_INDEX])]
+    return {
+        "raw": instances,
+        "data": data,
+        "output": tft.TFTransformOutput(str(out / "transform_fn")),
+        "prepared_csv": prepared.csv,
+    }

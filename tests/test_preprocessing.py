@@ -1,0 +1,92 @@
+"""preprocessing_fn run by tft_beam on generated rows: tokens, numerics, vocabularies, labels, masks."""
+from __future__ import annotations
+
+import numpy as np
+from transformers import BertTokenizer
+
+from models import features
+from models.encoders import resolve_assets
+
+
+def _expected_ids(spec, raw) -> list[int]:
+    tokenizer = BertTokenizer(str(resolve_assets(spec.encoder).vocab_file), do_lower_case=True)
+    ids = [tokenizer.cls_token_id]
+    for column in spec.features.text:
+        text = raw[column][0].decode() if raw[column] else ""
+        ids += tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text)) + [tokenizer.sep_token_id]
+    return ids
+
+
+def test_token_ids_match_the_encoder_vocabulary(tiny_spec, transformed):
+    checked = 0
+    for raw, row in zip(transformed["raw"], transformed["data"]):
+        expected = _expected_ids(tiny_spec, raw)
+        if len(expected) > tiny_spec.sequence_length:
+            continue  # truncated rows are checked by the length test below
+        length = len(expected)
+        assert list(row[features.INPUT_IDS][:length]) == expected
+        assert not np.any(row[features.INPUT_IDS][length:])
+        assert list(row[features.ATTENTION_MASK]) == [1] * length + [0] * (tiny_spec.sequence_length - length)
+        checked += 1
+    assert checked >= 10
+
+
+def test_long_text_is_trimmed_to_the_sequence_length(tiny_spec, transformed):
+    lengths = [int(np.sum(r[features.ATTENTION_MASK])) for r in transformed["data"]]
+    assert max(lengths) == tiny_spec.sequence_length
+    for row in transformed["data"]:
+        ids = list(row[features.INPUT_IDS][: int(np.sum(row[features.ATTENTION_MASK]))])
+        assert ids[0] == 101 and ids[-1] == 102  # [CLS] ... [SEP] even when trimmed
+        assert ids.count(102) == len(tiny_spec.features.text)
+
+
+def test_segment_ids_mark_the_first_text_field_zero(tiny_spec, transformed):
+    for raw, row in zip(transformed["raw"], transformed["data"]):
+        seg = row[features.SEGMENT_IDS]
+        first_sep = list(row[features.INPUT_IDS]).index(102)
+        assert not np.any(seg[: first_sep + 1])
+        assert set(np.unique(seg)) <= {0, 1}
+
+
+def test_numerics_are_z_scored_with_missing_indicators(tiny_spec, transformed):
+    numeric = np.stack([r[features.NUMERIC] for r in transformed["data"]])
+    n = len(tiny_spec.features.numeric)
+    assert numeric.shape == (len(transformed["data"]), 2 * n)
+    np.testing.assert_allclose(numeric[:, :n].mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(numeric[:, :n].std(axis=0), 1.0, atol=1e-3)
+    assert not np.any(numeric[:, n:])  # the generated numerics are never missing
+
+
+def test_categoricals_get_vocabulary_indices(tiny_spec, transformed):
+    output = transformed["output"]
+    for column in tiny_spec.features.categorical:
+        size = output.vocabulary_size_by_name(features.categorical_vocab_name(column))
+        seen = {raw[column][0] for raw in transformed["raw"]}
+        assert size == len(seen)
+        values = [int(r[features.categorical_key(column)]) for r in transformed["data"]]
+        # Same raw value -> same index, distinct values -> distinct indices.
+        mapping = {}
+        for raw, idx in zip(transformed["raw"], values):
+            mapping.setdefault(raw[column][0], idx)
+            assert mapping[raw[column][0]] == idx
+        assert len(set(mapping.values())) == len(mapping)
+
+
+def test_ids_are_hashed_into_buckets(tiny_spec, transformed):
+    for column in tiny_spec.features.ids:
+        values = np.array([int(r[features.id_key(column)]) for r in transformed["data"]])
+        assert values.min() >= 0 and values.max() < tiny_spec.features.id_hash_buckets
+
+
+def test_labels_and_masks_follow_missing_cells(tiny_spec, transformed):
+    for task in tiny_spec.tasks:
+        for raw, row in zip(transformed["raw"], transformed["data"]):
+            present = bool(raw[task.label])
+            assert row[features.mask_key(task)] == float(present), (task.name, raw[task.label])
+            if not present:
+                continue
+            value = raw[task.label][0]
+            if task.classes:
+                assert task.classes[int(row[features.label_key(task)])] == value.decode()
+            else:
+                assert abs(float(row[features.label_key(task)]) - float(value)) < 1e-5
