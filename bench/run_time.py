@@ -21,16 +21,14 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.report import open_store  # noqa: E402
+from pipeline.report import component_name, open_store  # noqa: E402
 
 
 def component_seconds(metadata: Path) -> dict[str, float]:
     store = open_store(metadata)
     out = {}
     for execution in sorted(store.get_executions(), key=lambda e: e.create_time_since_epoch):
-        node = execution.custom_properties.get("__node_id__")
-        name = node.string_value if node else str(execution.id)
-        out[name] = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000.0
+        out[component_name(store, execution)] = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000.0
     return out
 
 

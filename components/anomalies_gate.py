@@ -32,16 +32,19 @@ def describe_anomalies(anomalies_uri: str, split_names: "list[str]") -> "list[st
     return problems
 
 
+def raise_on_anomalies(anomalies_uri: str, split_names: "list[str]") -> None:
+    problems = describe_anomalies(anomalies_uri, split_names)
+    if problems:
+        raise DataAnomaliesError("ExampleValidator found anomalies in the data:\n  " + "\n  ".join(problems))
+
+
 @tfx.dsl.components.component
 def AnomaliesGate(
     anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
     schema: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Schema],
     validated_schema: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Schema],
 ) -> None:
-    splits = artifact_utils.decode_split_names(anomalies.split_names)
-    problems = describe_anomalies(anomalies.uri, splits)
-    if problems:
-        raise DataAnomaliesError("ExampleValidator found anomalies in the data:\n  " + "\n  ".join(problems))
+    raise_on_anomalies(anomalies.uri, artifact_utils.decode_split_names(anomalies.split_names))
     source = io_utils.get_only_uri_in_dir(schema.uri)
     os.makedirs(validated_schema.uri, exist_ok=True)
     shutil.copy(source, os.path.join(validated_schema.uri, os.path.basename(source)))

@@ -107,12 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
+    from components.anomalies_gate import DataAnomaliesError
     from models.encoders import EncoderError
     from pipeline.data_prep import DataError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, EncoderError) as err:
+    except (ConfigError, DataError, EncoderError, DataAnomaliesError) as err:
         print(f"commerce-mtl: error: {err}", file=sys.stderr)
         return 2
 

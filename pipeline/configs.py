@@ -6,7 +6,7 @@ from pathlib import Path
 
 DEFAULT_CONFIG = "configs/commerce.yaml"
 DEFAULT_WORKDIR = "workdir"
-DEFAULT_ROWS = 6000
+DEFAULT_ROWS = 10000
 DEFAULT_SEED = 0
 
 PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"

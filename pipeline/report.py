@@ -29,15 +29,15 @@ def latest_artifact(store, type_name: str):
     return max(artifacts, key=lambda a: (a.create_time_since_epoch, a.id))
 
 
+def component_name(store, execution) -> str:
+    """The component an execution ran, e.g. "Trainer" (the last part of its MLMD type name)."""
+    return store.get_execution_types_by_id([execution.type_id])[0].name.rsplit(".", 1)[-1]
+
+
 def executed_components(store) -> set[str]:
-    """Node ids of every execution that completed (from ML Metadata)."""
+    """Names of the components whose executions completed (from ML Metadata)."""
     done = {metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED}
-    names = set()
-    for execution in store.get_executions():
-        if execution.last_known_state in done:
-            node = execution.custom_properties.get("__node_id__") or execution.properties.get("component_id")
-            names.add(node.string_value if node else store.get_execution_types_by_id([execution.type_id])[0].name)
-    return names
+    return {component_name(store, e) for e in store.get_executions() if e.last_known_state in done}
 
 
 def overall_metrics(evaluation_uri: str, spec: ProjectSpec) -> dict[str, dict[str, float]]:

@@ -761,7 +761,7 @@ def _click_prob(ev: _Events, users: _Users, items: _Items, affinity: np.ndarray)
 
 def _purchase_prob(ev: _Events, users: _Users, items: _Items, affinity: np.ndarray) -> np.ndarray:
     exact = items.product[ev.item] == ev.want_product
-    logit = (-3.0 + 1.1 * items.quality[ev.item] + 0.6 * affinity + 0.6 * exact
+    logit = (-2.6 + 1.1 * items.quality[ev.item] + 0.6 * affinity + 0.6 * exact
              - 0.7 * users.price_sens[ev.user] * items.price_z[ev.item]
              + 0.35 * users.loyalty[ev.user] + 0.2 * (ev.device == DEVICES.index("app")))
     return _sigmoid(logit)
@@ -775,7 +775,7 @@ def _fraud_prob(ev: _Events, users: _Users, items: _Items) -> np.ndarray:
     cat = items.category[ev.item]
     # Fresh accounts are the classic stolen-card pattern.
     new_account = 5.5 - np.log1p(users.account_age[ev.user])
-    logit = (-4.2 + 1.3 * users.risk[ev.user] + 1.3 * (cat == CATEGORIES.index("gift_cards"))
+    logit = (-2.9 + 1.3 * users.risk[ev.user] + 1.3 * (cat == CATEGORIES.index("gift_cards"))
              + 0.6 * (cat == CATEGORIES.index("electronics")) + 1.0 * items.digital[ev.item]
              + 0.6 * new_account + 0.4 * (ev.device == DEVICES.index("mobile_web"))
              + 0.25 * items.price_z[ev.item])
@@ -826,7 +826,7 @@ def _churn_prob(ev: _Events, users: _Users, support: _Support) -> np.ndarray:
     bad = support.has_msg & (_INTENT_BAD[np.maximum(support.intent, 0)] | (support.satisfaction < 2.5))
     n_bad = np.bincount(ev.user, weights=bad.astype(float), minlength=n)
     cancelled = np.bincount(ev.user, weights=(support.intent == _CANCEL).astype(float), minlength=n) > 0
-    logit = (-1.8 - 1.3 * users.loyalty + 0.6 * np.minimum(n_bad, 3) + 2.0 * cancelled
+    logit = (-1.8 - 1.3 * users.loyalty + 0.9 * np.minimum(n_bad, 3) + 2.0 * cancelled
              - 0.3 * np.log1p(users.orders_90d))
     return _sigmoid(logit)
 

@@ -28,7 +28,7 @@ def run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("e2e")
     config = tiny_config(epochs=3, batch_size=32, learning_rate=1e-3, head_learning_rate=3e-3)
     config["model_name"] = "e2e"
-    config["sources"] = [{"simulated": {"rows": 3000, "seed": 7}}]
+    config["sources"] = [{"simulated": {"rows": 6000, "seed": 7}}]
     for task in config["tasks"]:  # blessed only if every binary task beats chance
         task["blessing_threshold"] = 0.5 if task["type"] == "binary" else None
     config_path = workdir / "e2e.yaml"

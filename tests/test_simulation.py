@@ -171,7 +171,7 @@ def test_intent_and_satisfaction_values(events):
 # ---------------------------------------------------------------- label rates
 @pytest.mark.parametrize("task,low,high", [
     ("click", 0.08, 0.20), ("purchase", 0.15, 0.35), ("ad_click", 0.03, 0.10),
-    ("fraud", 0.03, 0.10), ("churn", 0.15, 0.30),
+    ("fraud", 0.05, 0.18), ("churn", 0.15, 0.30),
 ])
 def test_label_rates(events, task, low, high):
     assert low <= _labelled(events, task).mean() <= high
