@@ -34,7 +34,7 @@ def _dense_1d(x, default) -> tuple[tf.Tensor, tf.Tensor]:
         return tf.squeeze(dense, 1), tf.squeeze(present, 1)
     if x.shape.rank == 2:
         x = tf.squeeze(x, 1)
-    return x, tf.ones_like(x, tf.float32) if x.dtype != tf.string else tf.ones(tf.shape(x), tf.float32)
+    return x, tf.ones(tf.shape(x), tf.float32)
 
 
 def _as_string(x: tf.Tensor) -> tf.Tensor:

@@ -167,6 +167,9 @@ class TrainingSpec(_Strict):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 0
     eval_split_percent: int = Field(20, gt=0, lt=100)
+    # Split train/eval by hashing this column instead of the whole row, so that e.g. every user lands
+    # on one side only and user-level labels (churn) cannot be memorised across the split.
+    eval_split_by: str | None = None
 
 
 class ProjectSpec(_Strict):
@@ -197,6 +200,9 @@ class ProjectSpec(_Strict):
             raise ValueError(f"columns declared as more than one feature kind: {dupes}")
         if not feature_cols:
             raise ValueError("features: declare at least one text, numeric, categorical or id column")
+        split_by = self.training.eval_split_by
+        if split_by is not None and split_by not in feature_cols:
+            raise ValueError(f"training.eval_split_by {split_by!r} must be one of the feature columns {feature_cols}")
         overlap = sorted(set(feature_cols) & {t.label for t in self.tasks})
         if overlap:
             raise ValueError(f"label columns used as features too (that leaks the label): {overlap}")
@@ -208,7 +214,7 @@ class ProjectSpec(_Strict):
 
     def input_columns(self) -> list[str]:
         """Every column the prepared data carries: features, then labels."""
-        return [*self.features.all_columns(), *[c for c in self.label_columns()]]
+        return [*self.features.all_columns(), *self.label_columns()]
 
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks:
@@ -224,22 +230,27 @@ class ProjectSpec(_Strict):
         return cls.model_validate_json(text)
 
 
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `X`, `X | None` or `list[X]`."""
+    stack = [annotation]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            return current
+        stack.extend(getattr(current, "__args__", ()))
+    return None
+
+
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The pydantic model that holds the key at `loc` (list indexes skipped)."""
-    model: Any = ProjectSpec
+    model: type[BaseModel] | None = ProjectSpec
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
+        field = model.model_fields.get(part)
+        model = _nested_model(field.annotation) if field else None
+        if model is None:
             return None
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        nested = [c for c in candidates for c in [c, *getattr(c, "__args__", ())]
-                  if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not nested:
-            return None
-        model = nested[0]
     return model
 
 

@@ -25,7 +25,7 @@ def create_pipeline(
         split_config=tfx.proto.SplitConfig(splits=[
             tfx.proto.SplitConfig.Split(name="train", hash_buckets=100 - split),
             tfx.proto.SplitConfig.Split(name="eval", hash_buckets=split),
-        ])
+        ], partition_feature_name=spec.training.eval_split_by or "")
     )
     example_gen = tfx.components.CsvExampleGen(input_base=data_root, output_config=output_config)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])

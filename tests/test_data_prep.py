@@ -218,7 +218,7 @@ def test_non_numeric_value_in_a_numeric_feature(tmp_path):
     rows = [*GOOD_ROWS, ["a4", "4", "ok", "red", "1", "1", "12 EUR", ""]]
     message, source = _data_error(tmp_path, rows)
     assert source.name in message
-    assert "column 'price' expects numbers" in message
+    assert "column 'price' expects finite numbers" in message
     assert "rows 5 " in message  # header line 1, three good rows, then the bad one
     assert "'12 EUR'" in message
 
@@ -227,7 +227,7 @@ def test_non_numeric_regression_label(tmp_path):
     rows = [["a1", "4", "ok", "red", "lots", "1", "12", ""], *GOOD_ROWS]
     message, source = _data_error(tmp_path, rows)
     assert source.name in message
-    assert "column 'spend' expects numbers; rows 2 " in message
+    assert "column 'spend' expects finite numbers; rows 2 " in message
     assert "'lots'" in message
 
 
@@ -332,3 +332,28 @@ def test_womens_clothing_reviews(tmp_path):
     assert set(frame["recommended"]) == {"0", "1"}
     assert frame["positive_feedback"].str.fullmatch(r"\d+").all()
     assert frame["age"].str.fullmatch(r"\d+").all()
+
+
+def test_infinite_numbers_are_refused(tmp_path):
+    rows = [*GOOD_ROWS, ["a4", "4", "ok", "red", "1", "1", "inf", ""]]
+    message, source = _data_error(tmp_path, rows)
+    assert "column 'price' expects finite numbers; rows 5 " in message and "'inf'" in message
+
+
+def test_negative_label_for_a_log1p_task_is_refused(tmp_path):
+    spec = copy.deepcopy(SPEC_DICT)
+    spec["tasks"][2]["label_transform"] = "log1p"
+    rows = [*GOOD_ROWS, ["a4", "4", "ok", "red", "-3", "1", "12", ""]]
+    message, _ = _data_error(tmp_path, rows, spec=parse_spec(spec))
+    assert "column 'spend' (task 'spend', log1p) must be >= 0; rows 5 " in message
+
+
+def test_huge_whole_numbers_stay_floats(tmp_path):
+    rows = [*GOOD_ROWS[:2], ["a3", "4", "Fine", "green", "3", "1", "1e20"]  + [""]]
+    prepared, _ = _prepare(tmp_path, rows)
+    assert _read_prepared(prepared.csv)["price"].iloc[2] == "1e+20"
+
+
+def test_fewer_files_than_sources_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="0 data files given for 1 configured sources"):
+        prepare(SPEC, [], tmp_path / "out")

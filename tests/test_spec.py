@@ -44,7 +44,7 @@ def test_commerce_config_loads_with_its_seven_tasks():
     assert [t.name for t in spec.tasks] == [
         "click", "purchase", "ad_click", "fraud", "intent", "satisfaction", "churn"]
     assert spec.sources[0].simulated is not None and spec.sources[0].path is None
-    assert spec.sources[0].simulated.rows == 6000
+    assert spec.sources[0].simulated.rows == 10000
     assert spec.features.ids == ["user_id", "item_id"]
     assert spec.features.id_hash_buckets == 2000
     assert spec.sequence_length == 48
@@ -325,3 +325,18 @@ def test_load_spec_of_a_directory_is_not_found(tmp_path):
 
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+def test_eval_split_by_must_be_a_feature_column():
+    data = _base()
+    data.setdefault("training", {})["eval_split_by"] = "no_such_column"
+    message = _error(data)
+    assert "eval_split_by 'no_such_column' must be one of the feature columns" in message
+
+
+def test_a_typo_in_a_key_suggests_the_right_one():
+    data = _base()
+    data["sequnce_length"] = 32
+    message = _error(data)
+    assert "sequnce_length" in message and "did you mean 'sequence_length'?" in message
+    assert "allowed keys:" in message
