@@ -200,6 +200,10 @@ class ProjectSpec(_Strict):
             raise ValueError(f"columns declared as more than one feature kind: {dupes}")
         if not feature_cols:
             raise ValueError("features: declare at least one text, numeric, categorical or id column")
+        if all(t.blessing_threshold is None for t in self.tasks):
+            raise ValueError(
+                "no task sets a blessing_threshold: TFX's Evaluator never blesses a model it could not "
+                "validate against a threshold, so nothing would ever be pushed; set one on at least one task")
         split_by = self.training.eval_split_by
         if split_by is not None and split_by not in feature_cols:
             raise ValueError(f"training.eval_split_by {split_by!r} must be one of the feature columns {feature_cols}")

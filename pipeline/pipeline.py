@@ -21,12 +21,13 @@ def create_pipeline(
 ) -> tfx.dsl.Pipeline:
     custom_config = {SPEC_KEY: spec.to_json()}
     split = spec.training.eval_split_percent
-    output_config = tfx.proto.Output(
-        split_config=tfx.proto.SplitConfig(splits=[
-            tfx.proto.SplitConfig.Split(name="train", hash_buckets=100 - split),
-            tfx.proto.SplitConfig.Split(name="eval", hash_buckets=split),
-        ], partition_feature_name=spec.training.eval_split_by or "")
-    )
+    split_config = tfx.proto.SplitConfig(splits=[
+        tfx.proto.SplitConfig.Split(name="train", hash_buckets=100 - split),
+        tfx.proto.SplitConfig.Split(name="eval", hash_buckets=split),
+    ])
+    if spec.training.eval_split_by:
+        split_config.partition_feature_name = spec.training.eval_split_by
+    output_config = tfx.proto.Output(split_config=split_config)
     example_gen = tfx.components.CsvExampleGen(input_base=data_root, output_config=output_config)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False)

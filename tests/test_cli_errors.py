@@ -17,7 +17,7 @@ CONFIG: dict = {
     "sources": [{"path": "shop.csv", "columns": {"review": "Review Text"}}],
     "features": {"text": ["review"], "numeric": ["price"], "categorical": ["color"]},
     "tasks": [
-        {"name": "bought", "type": "binary", "label": "bought"},
+        {"name": "bought", "type": "binary", "label": "bought", "blessing_threshold": 0.5},
         {"name": "spend", "type": "regression", "label": "spend"},
     ],
     "encoder": {"kind": "tiny"},

@@ -23,7 +23,7 @@ SPEC_DICT: dict = {
     "sources": [{"path": "shop.csv", "columns": {"review": "Review Text", "price": "Price"}}],
     "features": {"text": ["review"], "numeric": ["price"], "categorical": ["color"]},
     "tasks": [
-        {"name": "bought", "type": "binary", "label": "bought"},
+        {"name": "bought", "type": "binary", "label": "bought", "blessing_threshold": 0.5},
         {"name": "stars", "type": "multiclass", "label": "stars", "classes": ["1", "2", "3", "4", "5"]},
         {"name": "spend", "type": "regression", "label": "spend"},
     ],

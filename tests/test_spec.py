@@ -20,7 +20,7 @@ BASE: dict = {
     "sources": [{"path": "data.csv"}],
     "features": {"text": ["review"], "numeric": ["price"], "categorical": ["color"]},
     "tasks": [
-        {"name": "bought", "type": "binary", "label": "bought"},
+        {"name": "bought", "type": "binary", "label": "bought", "blessing_threshold": 0.5},
         {"name": "stars", "type": "multiclass", "label": "stars", "classes": ["1", "2", "3"]},
         {"name": "spend", "type": "regression", "label": "spend"},
     ],
@@ -340,3 +340,10 @@ def test_a_typo_in_a_key_suggests_the_right_one():
     message = _error(data)
     assert "sequnce_length" in message and "did you mean 'sequence_length'?" in message
     assert "allowed keys:" in message
+
+
+def test_a_config_without_any_blessing_threshold_is_refused():
+    data = _base()
+    for task in data["tasks"]:
+        task.pop("blessing_threshold", None)
+    assert "no task sets a blessing_threshold" in _error(data)

@@ -58,7 +58,7 @@ def _numeric_only_model():
         "sources": [{"simulated": {"rows": 10}}],
         "features": {"numeric": ["x"]},
         "tasks": [
-            {"name": "a", "type": "binary", "label": "a", "loss_weight": 2.0},
+            {"name": "a", "type": "binary", "label": "a", "loss_weight": 2.0, "blessing_threshold": 0.5},
             {"name": "b", "type": "binary", "label": "b", "loss_weight": 0.5},
         ],
         "training": {"shared_units": [4], "tower_units": [4], "dropout": 0.0},
