@@ -46,13 +46,23 @@ def build_model(spec: ProjectSpec, sizes: dict[str, int]) -> MultiTaskModel:
 
 
 def _dataset(fn_args, files, spec: ProjectSpec, tf_transform_output, batch_size: int, shuffle: bool):
-    return fn_args.data_accessor.tf_dataset_factory(
+    """Raw examples through the Transform layer: the Trainer reads the same raw rows serving will see,
+    and Transform need not materialize a transformed copy."""
+    raw = fn_args.data_accessor.tf_dataset_factory(
         files,
         tfxio.TensorFlowDatasetOptions(
             batch_size=batch_size, num_epochs=1, shuffle=shuffle, shuffle_seed=spec.training.seed
         ),
-        tf_transform_output.transformed_metadata.schema,
+        tf_transform_output.raw_metadata.schema,
     )
+    layer = tf_transform_output.transform_features_layer()
+    return raw.map(layer, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+
+def _warmup_examples(patterns: list[str], count: int = 8) -> list[bytes]:
+    """A few real evaluation rows (the serving parser ignores their labels) for TF Serving's warmup."""
+    files = sorted(f for p in patterns for f in tf.io.gfile.glob(p))
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)]
 
 
 class ProgressLogger(tf_keras.callbacks.Callback):
@@ -85,4 +95,5 @@ def run_fn(fn_args) -> None:
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as f:
         json.dump({k: [float(x) for x in v] for k, v in history.history.items()}, f, indent=1)
-    export_serving_model(model, tf_transform_output, spec, fn_args.serving_model_dir)
+    export_serving_model(model, tf_transform_output, spec, fn_args.serving_model_dir,
+                         warmup_examples=_warmup_examples(fn_args.eval_files))

@@ -101,10 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=2, help="Beam DirectRunner worker processes")
     run.add_argument("--beam-arg", action="append", help="extra Beam pipeline argument (repeatable)")
     run.set_defaults(func=_run)
+    for name, (_, help_text) in _DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+# Subcommands implemented in serving/, each with its own argparse (so `--help` shows their flags).
+_DELEGATED = {
+    "serve": ("serving.server", "run a TF Serving-compatible gRPC/REST model server"),
+    "predict": ("serving.client", "call a model server (ours or TF Serving) over gRPC"),
+    "batch-predict": ("serving.batch_predict", "score files with Beam RunInference on a SavedModel"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:
+        import importlib
+
+        return importlib.import_module(_DELEGATED[argv[0]][0]).main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     from components.anomalies_gate import DataAnomaliesError

@@ -40,10 +40,12 @@ def create_pipeline(
         schema=gate.outputs["validated_schema"],
         preprocessing_fn=configs.PREPROCESSING_FN,
         custom_config=custom_config,
+        # The Trainer applies the Transform graph to raw examples itself (see models/model.py).
+        materialize=False,
     )
     trainer = tfx.components.Trainer(
         run_fn=configs.RUN_FN,
-        examples=transform.outputs["transformed_examples"],
+        examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=gate.outputs["validated_schema"],
         train_args=tfx.proto.TrainArgs(),

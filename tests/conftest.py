@@ -126,3 +126,16 @@ def transformed(tiny_spec, generated, tmp_path_factory):
         "output": tft.TFTransformOutput(str(out / "transform_fn")),
         "prepared_csv": prepared.csv,
     }
+
+
+@pytest.fixture(scope="session")
+def trained_export(tiny_spec, transformed, tmp_path_factory):
+    """(in-process model, export directory `.../1`) of an untrained tiny model, with a warmup file."""
+    from models.export import export_serving_model
+    from models.model import build_model, cardinalities
+
+    model = build_model(tiny_spec, cardinalities(tiny_spec, transformed["output"]))
+    export_dir = tmp_path_factory.mktemp("export") / "1"
+    warmup = [serialize(raw, tiny_spec.input_columns()) for raw in transformed["raw"][:4]]
+    export_serving_model(model, transformed["output"], tiny_spec, str(export_dir), warmup_examples=warmup)
+    return model, export_dir

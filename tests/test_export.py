@@ -7,17 +7,18 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the Transform graph inside the SavedModel tokenizes)
 
 from models import features
-from models.export import EXAMPLES_INPUT, TRANSFORM_SIGNATURE, export_serving_model
-from models.model import build_model, cardinalities
+from models.export import EXAMPLES_INPUT, TRANSFORM_SIGNATURE
 from tests.conftest import serialize
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_spec, transformed, tmp_path_factory):
-    model = build_model(tiny_spec, cardinalities(tiny_spec, transformed["output"]))
-    export_dir = str(tmp_path_factory.mktemp("export") / "1")
-    export_serving_model(model, transformed["output"], tiny_spec, export_dir)
-    return model, tf.saved_model.load(export_dir)
+def exported_dir(trained_export):
+    return trained_export[1]
+
+
+@pytest.fixture(scope="module")
+def exported(trained_export):
+    return trained_export[0], tf.saved_model.load(str(trained_export[1]))
 
 
 def _batch(rows: list[dict], keys: list[str]) -> dict:
@@ -59,3 +60,70 @@ def test_transform_signature_returns_labels_and_masks(tiny_spec, transformed, ex
     for task in tiny_spec.tasks:
         want = np.array([r[features.mask_key(task)] for r in transformed["data"][:16]])
         np.testing.assert_array_equal(got[features.mask_key(task)].numpy(), want)
+
+
+def _examples(spec, transformed, n):
+    return tf.constant([serialize(raw, spec.features.all_columns()) for raw in transformed["raw"][:n]])
+
+
+def test_classify_and_regress_signatures_follow_the_task_types(tiny_spec, exported, transformed):
+    _, loaded = exported
+    examples = _examples(tiny_spec, transformed, 6)
+    default = loaded.signatures["serving_default"](examples=examples)
+    for task in tiny_spec.tasks:
+        if task.type.value == "regression":
+            out = loaded.signatures[f"regress_{task.name}"](inputs=examples)
+            np.testing.assert_allclose(out["outputs"].numpy(), default[task.name].numpy(), rtol=1e-5)
+            continue
+        out = loaded.signatures[f"classify_{task.name}"](inputs=examples)
+        scores = out["scores"].numpy()
+        classes = [c.decode() for c in out["classes"].numpy()[0]]
+        if task.type.value == "binary":
+            assert classes == ["0", "1"]
+            np.testing.assert_allclose(scores[:, 1], default[task.name].numpy(), rtol=1e-5)
+        else:
+            assert classes == task.classes
+            np.testing.assert_allclose(scores, default[task.name].numpy(), rtol=1e-5)
+
+
+def test_method_names_let_tf_serving_classify_and_regress(tiny_spec, exported_dir):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel.FromString((exported_dir / "saved_model.pb").read_bytes())
+    defs = proto.meta_graphs[0].signature_def
+    for task in tiny_spec.tasks:
+        if task.type.value == "regression":
+            assert defs[f"regress_{task.name}"].method_name == "tensorflow/serving/regress"
+        else:
+            assert defs[f"classify_{task.name}"].method_name == "tensorflow/serving/classify"
+    assert defs["serving_default"].method_name == "tensorflow/serving/predict"
+
+
+def test_predict_raw_equals_serving_default(tiny_spec, exported, transformed):
+    _, loaded = exported
+    raw_rows = transformed["raw"][:8]
+    signature = loaded.signatures["predict_raw"]
+    columns = {}
+    for name, spec in signature.structured_input_signature[1].items():
+        # Rows of the generated data may leave a text cell empty; predict_raw takes "" for those.
+        default = b"" if spec.dtype == tf.string else 0
+        columns[name] = tf.constant([(r[name] or [default])[0] for r in raw_rows], dtype=spec.dtype)
+    got = signature(**columns)
+    want = loaded.signatures["serving_default"](examples=_examples(tiny_spec, transformed, 8))
+    for task in tiny_spec.tasks:
+        np.testing.assert_allclose(got[task.name].numpy(), want[task.name].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_warmup_file_holds_a_predict_request_the_model_answers(tiny_spec, exported, exported_dir, transformed):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    _, loaded = exported
+    records = list(tf.data.TFRecordDataset(str(exported_dir / "assets.extra" / "tf_serving_warmup_requests")))
+    assert len(records) == 1
+    log = prediction_log_pb2.PredictionLog.FromString(records[0].numpy())
+    request = log.predict_log.request
+    assert request.model_spec.name == tiny_spec.model_name
+    examples = tf.make_ndarray(request.inputs["examples"])
+    assert len(examples) == 4
+    out = loaded.signatures["serving_default"](examples=tf.constant(examples))
+    assert set(out) == {t.name for t in tiny_spec.tasks}
