@@ -11,7 +11,7 @@ export TF_USE_LEGACY_KERAS := 1
 export PYTHONWARNINGS := ignore::FutureWarning,ignore::DeprecationWarning
 export TF_CPP_MIN_LOG_LEVEL := 1
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench bench-serving serve clean
 
 install: $(STAMP)
 
@@ -33,6 +33,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_time.py --config $(CONFIG)
+
+# Predict latency of `commerce-mtl serve` vs in-process, on the model `make run` pushed.
+bench-serving: $(STAMP)
+	$(BIN)/python bench/serving_latency.py --model-base-path $(WORKDIR)/serving_model/commerce --data $(WORKDIR)/data/prepared/data.csv
+
+# Serves the model `make run` pushed, on 127.0.0.1:8500 (gRPC) and :8501 (REST).
+serve: $(STAMP)
+	$(BIN)/commerce-mtl serve --model-name commerce --model-base-path $(WORKDIR)/serving_model/commerce
 
 clean:
 	rm -rf $(WORKDIR) .pytest_cache

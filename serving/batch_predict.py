@@ -35,7 +35,6 @@ from typing import Iterable, Iterator, Sequence, Tuple
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import apache_beam as beam  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from apache_beam.io import fileio  # noqa: E402
 from apache_beam.io.filesystem import CompressionTypes  # noqa: E402
@@ -57,7 +56,7 @@ DEFAULT_MAX_BATCH_SIZE = 256
 METRICS_NAMESPACE = "commerce_mtl.batch_predict"
 ROWS_READ = "rows_read"
 _DEAD = "dead"
-_RESERVED_KEYS = ("source", "row", "error")
+_RESERVED_KEYS = ("source", "row")
 # How each raw dtype is stored in a tf.train.Feature.
 _KIND_OF_DTYPE = {"string": "bytes_list", "int64": "int64_list", "float32": "float_list"}
 _TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfr")
@@ -126,6 +125,17 @@ def check_example(serialized: bytes, raw_features: dict[str, str]) -> str | None
     return None
 
 
+def _read_all(readable_file: fileio.ReadableFile, chunk: int = 1 << 20) -> bytes:
+    # In chunks: Beam's CompressedFile (.gz) cannot read() to the end in one call.
+    parts = []
+    with readable_file.open(mime_type="application/octet-stream") as f:
+        while True:
+            part = f.read(chunk)
+            if not part:
+                return b"".join(parts)
+            parts.append(part)
+
+
 class ReadRows(beam.DoFn):
     """One matched file -> ((source, row), serialized tf.Example) per row, and a dead-letter record
     for each row that cannot become a valid Example. Rows are numbered from 1 (for CSV: data rows
@@ -149,9 +159,9 @@ class ReadRows(beam.DoFn):
     # -- CSV: read whole, so quoted cells may span lines.
     def _csv_rows(self, path: str, readable_file: fileio.ReadableFile) -> Iterator:
         try:
-            # compression (e.g. .csv.gz) is chosen by extension; utf-8-sig drops a BOM.
-            text = io.TextIOWrapper(readable_file.open(), encoding="utf-8-sig", newline="")
-            reader = csv.reader(text)
+            # Decompressed (e.g. .csv.gz) by extension; utf-8-sig drops a BOM.
+            text = _read_all(readable_file).decode("utf-8-sig")
+            reader = csv.reader(io.StringIO(text, newline=""))
             header = next(reader, None)
         except (OSError, UnicodeDecodeError, csv.Error) as err:
             yield _dead(path, 0, f"cannot read the file as UTF-8 CSV: {err}")
@@ -166,7 +176,7 @@ class ReadRows(beam.DoFn):
                 record = next(reader)
             except StopIteration:
                 break
-            except (UnicodeDecodeError, csv.Error) as err:
+            except csv.Error as err:
                 row += 1
                 yield _dead(path, row, f"unreadable CSV from line {reader.line_num}, rest of the file skipped: {err}")
                 break
@@ -180,9 +190,12 @@ class ReadRows(beam.DoFn):
                 yield _dead(path, row, f"{where}: {len(record)} cells, the header has {len(header)} columns")
             else:
                 try:
-                    yield (path, row), to_example(dict(zip(header, record)), self._raw_features, where)
+                    example = to_example(dict(zip(header, record)), self._raw_features, where)
                 except Exception as err:  # noqa: BLE001  (every failure is reported, none is fatal)
                     yield _dead(path, row, str(err) if isinstance(err, ValueError) else f"{where}: {err!r}")
+                    continue
+                # Yielded outside the try: a downstream failure must not pass for a bad row.
+                yield (path, row), example
 
     def _header_error(self, header: list[str]) -> str | None:
         missing = [c for c in self._raw_features if c not in header]
@@ -196,28 +209,32 @@ class ReadRows(beam.DoFn):
     # -- TFRecord: records that do not parse (or that the model would reject) are dead-lettered.
     def _tfrecord_rows(self, path: str) -> Iterator:
         compression = "GZIP" if path.lower().endswith((".gz", ".gzip")) else ""
+        records = iter(tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator())
         row = 0
-        try:
-            for record in tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator():
-                row += 1
-                problem = check_example(record, self._raw_features)
-                if problem:
-                    yield _dead(path, row, f"{path} record {row}: {problem}")
-                else:
-                    yield (path, row), record
-        except tf.errors.OpError as err:  # DataLossError for a corrupt or truncated record
+        while True:
             row += 1
-            yield _dead(path, row, f"{path} record {row}: corrupt TFRecord data, rest of the file skipped: "
-                                   f"{err.message}")
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            except tf.errors.OpError as err:  # DataLossError for a corrupt or truncated record
+                yield _dead(path, row, f"{path} record {row}: corrupt TFRecord data, rest of the file skipped: "
+                                       f"{err.message}")
+                return
+            problem = check_example(record, self._raw_features)
+            if problem:
+                yield _dead(path, row, f"{path} record {row}: {problem}")
+            else:
+                yield (path, row), record
 
 
 # ------------------------------------------------------------------------------------------ outputs
 
-def _json_value(value: np.ndarray):
-    """Scalar for binary / regression, list for multiclass; non-finite floats become null."""
-    value = value.tolist()
+def _json_value(value):
+    """`ndarray.tolist()` output: scalar for binary / regression, list for multiclass; non-finite
+    floats become null (JSON has no NaN)."""
     if isinstance(value, list):
-        return [_json_value(np.asarray(v)) for v in value]
+        return [_json_value(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -228,8 +245,10 @@ def prediction_record(keyed_log) -> dict:
     record = {"source": source, "row": row}
     outputs = log.predict_log.response.outputs
     for name in sorted(outputs):
+        if name in _RESERVED_KEYS:
+            raise ValueError(f"the model has an output named {name!r}, which the prediction record uses itself")
         # tfx_bsl splits each output per example into a tensor of shape [1, ...].
-        record[name] = _json_value(tf.make_ndarray(outputs[name])[0])
+        record[name] = _json_value(tf.make_ndarray(outputs[name])[0].tolist())
     return record
 
 

@@ -11,8 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the Transform graph inside the SavedModel tokenizes)
 
-from models.export import EXAMPLES_INPUT, export_serving_model
-from models.model import build_model, cardinalities
+from models.export import EXAMPLES_INPUT
 from serving.batch_predict import PROG, main, run_batch_predict
 from serving.examples import load_raw_features, to_example
 from tests.conftest import serialize
@@ -21,11 +20,8 @@ MULTILINE = 'where is my order?\nit says "shipped", but nothing came'
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_spec, transformed, tmp_path_factory):
-    model = build_model(tiny_spec, cardinalities(tiny_spec, transformed["output"]))
-    export_dir = tmp_path_factory.mktemp("batch_model") / "model" / "1"
-    export_serving_model(model, transformed["output"], tiny_spec, str(export_dir))
-    return export_dir
+def model_dir(trained_export):
+    return trained_export[1]
 
 
 @pytest.fixture(scope="module")

@@ -87,3 +87,11 @@ def test_training_logs_go_to_tensorboard(run):
     workdir, _, _ = run
     event_files = list((workdir / "pipeline" / "Trainer" / "model_run").rglob("events.out.tfevents.*"))
     assert event_files
+
+
+def test_pushed_model_carries_warmup_requests_and_the_feature_description(run):
+    workdir, _, _ = run
+    report = json.loads((workdir / "reports" / "metrics.json").read_text())
+    version_dir = workdir / "serving_model" / "e2e" / str(report["version"])
+    assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
+    assert "query" in load_raw_features(str(version_dir))
