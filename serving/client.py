@@ -136,7 +136,9 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 def per_row(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     rows = len(next(iter(outputs.values())))
     def value(v):
-        v = v.tolist() if isinstance(v, np.ndarray) else v
+        v = np.asarray(v).tolist()  # numpy scalars and arrays -> plain JSON values
+        if isinstance(v, list):
+            return [x.decode() if isinstance(x, bytes) else x for x in v]
         return v.decode() if isinstance(v, bytes) else v
     return [{k: value(v[i]) for k, v in outputs.items()} for i in range(rows)]
 

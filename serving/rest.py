@@ -194,7 +194,8 @@ class RestHandler(BaseHTTPRequestHandler):
             version = spec.version.value if spec.HasField("version") else None
             if spec.version_label:
                 version = runtime.resolve(spec).version
-            return json_format.MessageToDict(status_response(runtime.manager, spec.name, version))
+            return json_format.MessageToDict(status_response(runtime.manager, spec.name, version),
+                                             including_default_value_fields=True)
         if method == "GET" and action == "/metadata":
             servable = runtime.resolve(spec)
             defs = {k: json_format.MessageToDict(v) for k, v in servable.signature_defs.items()}

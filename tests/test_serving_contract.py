@@ -401,3 +401,35 @@ def test_batching_on_gives_the_same_outputs(tiny_spec, trained_export, tmp_path,
                 np.testing.assert_allclose(result[name], value[i % 3: i % 3 + 2], rtol=1e-5, atol=1e-6)
     finally:
         stop_server(server)
+
+
+# --- the client -----------------------------------------------------------------------------------
+def test_predict_command_reads_csv_rows_and_prints_every_task(served, tiny_spec, transformed, expected, tmp_path, capsys):
+    import csv as csv_module
+
+    from serving.client import main as predict_main
+
+    with open(transformed["prepared_csv"], newline="") as f:
+        rows = [r for _, r in zip(range(6), csv_module.DictReader(f))]
+    path = tmp_path / "rows.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv_module.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert predict_main(["--address", served.address, "--model", served.model, "--input", str(path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 6 and set(lines[0]) == {t.name for t in tiny_spec.tasks}
+    np.testing.assert_allclose([line["click"] for line in lines], expected["click"], rtol=1e-5)
+    assert predict_main(["--address", served.address, "--model", served.model, "--input", str(path),
+                         "--signature", "classify_click"]) == 0
+    classified = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    np.testing.assert_allclose([c["scores"][1] for c in classified], expected["click"], rtol=1e-5)
+
+
+def test_predict_command_reports_an_unknown_model(served, tmp_path, capsys):
+    from serving.client import main as predict_main
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"query": "shoes"}\n')
+    assert predict_main(["--address", served.address, "--model", "nope", "--input", str(path)]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err

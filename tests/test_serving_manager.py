@@ -90,3 +90,11 @@ def test_bad_flags_are_reported(tmp_path, capsys):
     missing = tmp_path / "none.config"
     assert main(["--port", "0", "--rest-api-port", "0", "--model-config-file", str(missing)]) == 2
     assert "none.config" in capsys.readouterr().err
+
+
+def test_warmup_replays_the_exported_requests(trained_export):
+    from serving.manager import run_warmup
+    from serving.servable import Servable
+
+    servable = Servable.load("m", 1, str(trained_export[1]))
+    assert run_warmup(servable) == 1

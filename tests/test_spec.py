@@ -55,7 +55,7 @@ def test_commerce_config_loads_with_its_seven_tasks():
     assert intent.num_classes == 6
     assert intent.classes[0] == "order_status"
     assert spec.task("satisfaction").loss_weight == pytest.approx(0.5)
-    assert spec.task("click").blessing_threshold == pytest.approx(0.55)
+    assert spec.task("click").blessing_threshold == pytest.approx(0.5)
     assert spec.task("satisfaction").blessing_threshold is None
 
 
