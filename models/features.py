@@ -34,22 +34,6 @@ def categorical_vocab_name(column: str) -> str:
     return f"vocab__{column}"
 
 
-def label_and_mask_keys(spec: ProjectSpec) -> list[str]:
-    return [k for t in spec.tasks for k in (label_key(t), mask_key(t))]
-
-
-def model_input_keys(spec: ProjectSpec) -> list[str]:
-    """The transformed features the Keras model consumes (everything except labels and masks)."""
-    keys: list[str] = []
-    if spec.features.text:
-        keys += [INPUT_IDS, ATTENTION_MASK, SEGMENT_IDS]
-    if spec.features.numeric:
-        keys.append(NUMERIC)
-    keys += [categorical_key(c) for c in spec.features.categorical]
-    keys += [id_key(c) for c in spec.features.ids]
-    return keys
-
-
 def raw_feature_columns(spec: ProjectSpec) -> list[str]:
     """Raw columns a serving request must (or may) carry: the declared features, never labels."""
     return spec.features.all_columns()

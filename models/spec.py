@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import enum
-import json
 import os
 import re
 from pathlib import Path
@@ -292,8 +291,3 @@ def load_spec(path: Union[str, os.PathLike]) -> ProjectSpec:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return parse_spec(data, str(path))
-
-
-def spec_digest(spec: ProjectSpec) -> str:
-    """A stable text form, used to tell TFX runs with different specs apart."""
-    return json.dumps(spec.model_dump(mode="json"), sort_keys=True)

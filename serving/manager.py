@@ -10,13 +10,12 @@ import dataclasses
 import logging
 import os
 import threading
-import time
 
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
 
 from models.export import WARMUP_FILE
-from serving.errors import ServingError, not_found
+from serving.errors import not_found
 from serving.model_config import ModelEntry
 from serving.servable import Servable
 
@@ -208,14 +207,3 @@ class ModelManager:
             if not items:
                 raise not_found(f"model {name!r} has no version {version}")
         return items
-
-    def wait_until_available(self, name: str, timeout: float = 60.0) -> Servable:
-        """For tests and start-up scripts: blocks until the model has an AVAILABLE version."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                return self.resolve(name)
-            except ServingError:
-                time.sleep(0.1)
-        raise TimeoutError(f"model {name!r} did not become AVAILABLE within {timeout} s")
-
