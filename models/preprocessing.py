@@ -58,8 +58,10 @@ def _text_features(inputs, spec: ProjectSpec) -> dict[str, tf.Tensor]:
         text, _ = _dense_1d(raw, default="" if raw.dtype == tf.string else 0)
         segments.append(tokenizer.tokenize(_as_string(text)).merge_dims(-2, -1))
     vocab = tf.constant(_special_token_ids(assets.vocab_file), tf.int64)
-    # Reserve [CLS] and one [SEP] per segment, then share the rest of the length round-robin.
-    trimmer = tf_text.RoundRobinTrimmer(max_seq_length=spec.sequence_length - 1 - len(segments))
+    # Reserve [CLS] and one [SEP] per segment, then trim the longest segments first. Not
+    # RoundRobinTrimmer: its op (TFText>RoundRobinTrim) is newer than the TF Text that the stock
+    # tensorflow/serving 2.16 image links, so the model would not load there.
+    trimmer = tf_text.ShrinkLongestTrimmer(max_seq_length=spec.sequence_length - 1 - len(segments))
     ids, segment_ids = tf_text.combine_segments(
         trimmer.trim(segments), start_of_sequence_id=vocab[0], end_of_segment_id=vocab[1]
     )

@@ -127,3 +127,21 @@ def test_warmup_file_holds_a_predict_request_the_model_answers(tiny_spec, export
     assert len(examples) == 4
     out = loaded.signatures["serving_default"](examples=tf.constant(examples))
     assert set(out) == {t.name for t in tiny_spec.tasks}
+
+
+# The TF Text ops linked into TF Serving 2.16.1's tensorflow_model_server (TF Text 2.12.1) that a
+# BERT tokenizer needs. A model needing any other non-core op would not load in the stock image.
+TF_SERVING_TEXT_OPS = {"CaseFoldUTF8", "NormalizeUTF8", "RegexSplitWithOffsets", "WordpieceTokenizeWithOffsets"}
+
+
+def test_export_needs_no_op_the_stock_tf_serving_lacks(exported_dir):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "serving.model_ops", str(exported_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    needed = set(proc.stdout.split())
+    assert needed and needed <= TF_SERVING_TEXT_OPS, needed - TF_SERVING_TEXT_OPS
