@@ -10,6 +10,7 @@ import tf_keras  # noqa: E402
 
 from models import features  # noqa: E402
 from models.encoders import TextEncoder  # noqa: E402
+from models.experts import MMoE, PLE  # noqa: E402
 from models.multitask import ENCODER_LAYER  # noqa: E402
 from models.spec import ProjectSpec  # noqa: E402
 from models.tasks import Task  # noqa: E402
@@ -62,8 +63,23 @@ def build_network(spec: ProjectSpec, tasks: list[Task], cardinalities: dict[str,
         parts.append(embed(inputs[key]))
     joined = parts[0] if len(parts) == 1 else tf_keras.layers.Concatenate(name="joined")(parts)
     shared = _mlp(spec.training.shared_units, spec.training.dropout, "shared_bottom")(joined)
+    per_task = _sharing(spec, [t.name for t in tasks])(shared)
     outputs = {}
     for task in tasks:
-        tower = _mlp(spec.training.tower_units, spec.training.dropout, f"tower_{task.name}")(shared)
+        tower = _mlp(spec.training.tower_units, spec.training.dropout, f"tower_{task.name}")(per_task[task.name])
         outputs[task.name] = tf_keras.layers.Dense(task.logits_dim, name=f"logits_{task.name}")(tower)
     return tf_keras.Model(inputs=inputs, outputs=outputs, name="multitask_network")
+
+
+SHARING_LAYER = "task_sharing"
+
+
+def _sharing(spec: ProjectSpec, task_names: list[str]):
+    """The layer that turns the shared representation into one input per task tower."""
+    arch = spec.architecture
+    if arch.type == "mmoe":
+        return MMoE(task_names, arch.num_experts, arch.expert_units, name=SHARING_LAYER)
+    if arch.type == "ple":
+        return PLE(task_names, arch.levels, arch.num_shared_experts, arch.num_task_experts, arch.expert_units,
+                   name=SHARING_LAYER)
+    return lambda shared: {t: shared for t in task_names}

@@ -171,12 +171,24 @@ class TrainingSpec(_Strict):
     eval_split_by: str | None = None
 
 
+class ArchitectureSpec(_Strict):
+    """How tasks share the joined text + tabular representation."""
+
+    type: Literal["shared_bottom", "mmoe", "ple"] = "shared_bottom"
+    num_experts: int = Field(4, gt=0, description="mmoe: shared experts")
+    expert_units: list[int] = Field(default_factory=lambda: [64])
+    levels: int = Field(2, gt=0, description="ple: CGC extraction levels")
+    num_shared_experts: int = Field(2, gt=0, description="ple: shared experts per level")
+    num_task_experts: int = Field(1, gt=0, description="ple: experts per task per level")
+
+
 class ProjectSpec(_Strict):
     model_name: str
     sources: list[SourceSpec] = Field(min_length=1)
     features: FeaturesSpec
     tasks: list[TaskSpec] = Field(min_length=1)
     encoder: EncoderSpec = Field(default_factory=EncoderSpec)
+    architecture: ArchitectureSpec = Field(default_factory=ArchitectureSpec)
     sequence_length: int = Field(64, ge=8, le=512)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
 
