@@ -126,21 +126,21 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
         return response
 
-    @_abort_on_error
-    def Classify(self, request, context):
+    def _on_examples(self, request, run, response_type):
+        """Classify and Regress: resolve, run on the request's tf.Examples, echo the model spec."""
         servable = self.runtime.resolve(request.model_spec)
-        response = classification_pb2.ClassificationResponse(
-            result=classify(self.runtime, servable, request.model_spec.signature_name, request.input))
-        _fill_spec(response.model_spec, servable, request.model_spec.signature_name)
+        signature = request.model_spec.signature_name
+        response = response_type(result=run(self.runtime, servable, signature, request.input))
+        _fill_spec(response.model_spec, servable, signature)
         return response
 
     @_abort_on_error
+    def Classify(self, request, context):
+        return self._on_examples(request, classify, classification_pb2.ClassificationResponse)
+
+    @_abort_on_error
     def Regress(self, request, context):
-        servable = self.runtime.resolve(request.model_spec)
-        response = regression_pb2.RegressionResponse(
-            result=regress(self.runtime, servable, request.model_spec.signature_name, request.input))
-        _fill_spec(response.model_spec, servable, request.model_spec.signature_name)
-        return response
+        return self._on_examples(request, regress, regression_pb2.RegressionResponse)
 
     @_abort_on_error
     def MultiInference(self, request, context):
