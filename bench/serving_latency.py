@@ -30,6 +30,7 @@ import tensorflow_text  # noqa: E402,F401
 
 from serving.client import ModelClient  # noqa: E402
 from serving.examples import load_raw_features, to_examples  # noqa: E402
+from serving.manager import discover_versions  # noqa: E402
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -57,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
     base = args.model_base_path.resolve()
-    version_dir = max((d for d in base.iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
+    versions = discover_versions(str(base))
+    if not versions:
+        raise SystemExit(f"{base}: no numbered version directory with a saved_model.pb")
+    version_dir = Path(versions[max(versions)])
     with open(args.data, newline="") as f:
         rows = [r for _, r in zip(range(args.requests), csv.DictReader(f))]
     examples = to_examples(rows, load_raw_features(str(version_dir)))

@@ -45,6 +45,7 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from google.protobuf.message import DecodeError  # noqa: E402
 
 from serving.examples import load_raw_features, to_example  # noqa: E402
+from serving.manager import discover_versions  # noqa: E402
 
 PROG = "commerce-mtl batch-predict"
 SIGNATURE = "serving_default"
@@ -280,12 +281,9 @@ def resolve_model_dir(model_dir: str) -> str:
     """A SavedModel directory, or a Pusher's base directory: then its newest numeric version."""
     if tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
         return model_dir
-    if tf.io.gfile.isdir(model_dir):
-        versions = [v.rstrip("/") for v in tf.io.gfile.listdir(model_dir)]
-        versions = sorted((int(v) for v in versions if v.isdigit()
-                           and tf.io.gfile.exists(os.path.join(model_dir, v, "saved_model.pb"))))
-        if versions:
-            return os.path.join(model_dir, str(versions[-1]))
+    versions = discover_versions(model_dir)
+    if versions:
+        return versions[max(versions)]
     raise BatchPredictError(f"--model-dir {model_dir}: no saved_model.pb there nor in a numbered version below it")
 
 

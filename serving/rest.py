@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import input_pb2, model_pb2
 
 from serving.errors import ServingError, invalid, not_found
+from serving.grpc_service import classify, regress, status_response
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +187,6 @@ class RestHandler(BaseHTTPRequestHandler):
         return body
 
     def _dispatch(self, method: str) -> dict:
-        from serving.grpc_service import classify, regress, status_response  # noqa: PLC0415
-
         spec, action = self._route(method)
         runtime = self.runtime
         if method == "GET" and action is None:
