@@ -57,6 +57,9 @@ class TaskSpec(_Strict):
     # The Evaluator blesses a model only if the task's primary metric is better than this
     # (above it for AUC/accuracy, below it for RMSE/MAE/log loss); None sets no threshold.
     blessing_threshold: float | None = None
+    # ESMM funnel: this task's head predicts p(task | parent) and the model outputs the product
+    # p(parent) * p(task | parent), trained on the parent's whole (impression) space.
+    depends_on: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -105,18 +108,43 @@ class SimulationSpec(_Strict):
 
 
 class SourceSpec(_Strict):
-    """One input: a CSV file (optionally .gz), or the built-in simulated platform."""
+    """One input: a CSV file (optionally .gz), or the built-in simulated platform.
+
+    Several sources may carry different feature columns and label different tasks; they are unioned
+    into one example stream with a `source` feature, and what a source does not carry is missing.
+    """
 
     path: str | None = Field(None, description="relative paths resolve against --data (or the config's folder)")
     simulated: SimulationSpec | None = None
     # project column name -> column name in the source file; unmapped columns keep their names
     columns: dict[str, str] = Field(default_factory=dict)
+    # The value of the `source` feature; defaults to the file's stem, or "simulated".
+    name: str | None = None
+    # Training examples of this source are repeated (>1) or subsampled (<1) by this factor.
+    sampling_weight: float = Field(1.0, gt=0)
+    # Feature columns this source carries (None: every declared feature); the rest are missing.
+    features: list[str] | None = None
+    # Tasks this source labels (None: every task); the other tasks are masked for its rows.
+    tasks: list[str] | None = None
+    # Label cells holding one of these values count as missing (masked), like empty cells.
+    missing_label_values: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_origin(self) -> "SourceSpec":
         if (self.path is None) == (self.simulated is None):
             raise ValueError("a source needs exactly one of 'path' (a CSV file) or 'simulated' (generated data)")
+        if self.name is not None and not _NAME.match(self.name):
+            raise ValueError(f"source name {self.name!r} must match {_NAME.pattern}")
         return self
+
+    @property
+    def source_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.simulated is not None:
+            return "simulated"
+        stem = Path(self.path).name.split(".")[0].lower()
+        return re.sub(r"[^a-z0-9_]+", "_", stem).strip("_") or "source"
 
 
 class EncoderSpec(_Strict):
@@ -182,6 +210,92 @@ class ArchitectureSpec(_Strict):
     num_task_experts: int = Field(1, gt=0, description="ple: experts per task per level")
 
 
+class LossWeightingSpec(_Strict):
+    """How the per-task losses are combined (see models/loss_weighting.py)."""
+
+    method: Literal["fixed", "uncertainty", "gradnorm", "dwa", "pcgrad"] = "fixed"
+    gradnorm_alpha: float = Field(1.5, ge=0.0, description="gradnorm: restoring-force asymmetry")
+    gradnorm_learning_rate: float = Field(0.025, gt=0.0, description="gradnorm: step size of the task weights")
+    dwa_temperature: float = Field(2.0, gt=0.0)
+    dwa_window_steps: int = Field(20, gt=0, description="dwa: steps per loss-ratio window")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        # `loss_weighting: uncertainty` means `loss_weighting: {method: uncertainty}`.
+        return {"method": value} if isinstance(value, str) else value
+
+
+class AugmentationSpec(_Strict):
+    """Training-only text augmentation of the token ids; serving never sees it."""
+
+    token_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="share of word pieces removed")
+    mask_rate: float = Field(0.0, ge=0.0, lt=1.0, description="share of word pieces replaced by [MASK]")
+
+
+class AdversarialSpec(_Strict):
+    """FGM (Miyato et al. 2017): also train on word embeddings moved by epsilon along the loss gradient."""
+
+    epsilon: float = Field(1.0, gt=0.0)
+
+
+class EnsembleMember(_Strict):
+    """One model of an ensemble: the project's spec with these parts replaced."""
+
+    name: str
+    architecture: ArchitectureSpec | None = None
+    loss_weighting: LossWeightingSpec | None = None
+    encoder: EncoderSpec | None = None
+    # Keys of `training` to override, e.g. {seed: 1, epochs: 2}.
+    training: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _member_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"ensemble member name {v!r} must match {_NAME.pattern}")
+        return v
+
+
+class CascadeSpec(_Strict):
+    """`cheap` answers; `large` re-scores only rows whose `task` score lies inside `band`."""
+
+    cheap: str
+    large: str
+    task: str
+    band: tuple[float, float] = (0.3, 0.7)
+
+    @model_validator(mode="after")
+    def _band(self) -> "CascadeSpec":
+        low, high = self.band
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError(f"cascade band {list(self.band)} must satisfy 0 <= low < high <= 1")
+        return self
+
+
+class EnsembleSpec(_Strict):
+    """K models trained in one pipeline and fused by the ModelFusion component into one SavedModel."""
+
+    method: Literal["weighted", "cascade"] = "weighted"
+    members: list[EnsembleMember] = Field(min_length=2)
+    cascade: CascadeSpec | None = None
+
+    @model_validator(mode="after")
+    def _members(self) -> "EnsembleSpec":
+        names = [m.name for m in self.members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate ensemble member names: {names}")
+        if self.method == "cascade":
+            if self.cascade is None:
+                raise ValueError("ensemble method 'cascade' needs 'cascade: {cheap, large, task, band}'")
+            unknown = sorted({self.cascade.cheap, self.cascade.large} - set(names))
+            if unknown:
+                raise ValueError(f"cascade names members {unknown} that are not in {names}")
+        elif self.cascade is not None:
+            raise ValueError("'cascade' is only used with method 'cascade'")
+        return self
+
+
 class ProjectSpec(_Strict):
     model_name: str
     sources: list[SourceSpec] = Field(min_length=1)
@@ -191,6 +305,10 @@ class ProjectSpec(_Strict):
     architecture: ArchitectureSpec = Field(default_factory=ArchitectureSpec)
     sequence_length: int = Field(64, ge=8, le=512)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    loss_weighting: LossWeightingSpec = Field(default_factory=LossWeightingSpec)
+    augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
+    adversarial: AdversarialSpec | None = None
+    ensemble: EnsembleSpec | None = None
 
     @field_validator("model_name")
     @classmethod
@@ -221,7 +339,54 @@ class ProjectSpec(_Strict):
         overlap = sorted(set(feature_cols) & {t.label for t in self.tasks})
         if overlap:
             raise ValueError(f"label columns used as features too (that leaks the label): {overlap}")
+        self._check_funnels()
+        self._check_sources()
+        self._check_ensemble()
         return self
+
+    def _check_funnels(self) -> None:
+        by_name = {t.name: t for t in self.tasks}
+        for task in self.tasks:
+            if task.depends_on is None:
+                continue
+            parent = by_name.get(task.depends_on)
+            if parent is None:
+                raise ValueError(f"task {task.name!r} depends_on {task.depends_on!r}, which is not a task; "
+                                 f"tasks are {sorted(by_name)}")
+            if task.type != TaskType.BINARY or parent.type != TaskType.BINARY:
+                raise ValueError(f"depends_on links binary tasks only: {task.name!r} -> {parent.name!r}")
+            seen, current = {task.name}, parent
+            while current is not None:
+                if current.name in seen:
+                    raise ValueError(f"depends_on forms a cycle through task {task.name!r}")
+                seen.add(current.name)
+                current = by_name.get(current.depends_on) if current.depends_on else None
+
+    def _check_sources(self) -> None:
+        names = [s.source_name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"several sources are named {dupes}; give each a distinct 'name'")
+        feature_cols, task_names = self.features.all_columns(), [t.name for t in self.tasks]
+        for source in self.sources:
+            unknown = sorted(set(source.features or []) - set(feature_cols))
+            if unknown:
+                raise ValueError(f"source {source.source_name!r} lists features {unknown} that are not declared "
+                                 f"features {feature_cols}")
+            unknown = sorted(set(source.tasks or []) - set(task_names))
+            if unknown:
+                raise ValueError(f"source {source.source_name!r} lists tasks {unknown}; tasks are {task_names}")
+            split_by = self.training.eval_split_by
+            if split_by and source.features is not None and split_by not in source.features:
+                raise ValueError(f"source {source.source_name!r} lacks training.eval_split_by column {split_by!r}")
+
+    def _check_ensemble(self) -> None:
+        if self.ensemble is None:
+            return
+        if self.ensemble.cascade is not None and self.ensemble.cascade.task not in [t.name for t in self.tasks]:
+            raise ValueError(f"cascade task {self.ensemble.cascade.task!r} is not a task")
+        for member in self.ensemble.members:
+            self.member_spec(member.name)
 
     # --- derived views -------------------------------------------------------------------------
     def label_columns(self) -> list[str]:
@@ -236,6 +401,29 @@ class ProjectSpec(_Strict):
             if t.name == name:
                 return t
         raise KeyError(f"no task named {name!r}; tasks are {[t.name for t in self.tasks]}")
+
+    def source(self, name: str) -> SourceSpec:
+        for s in self.sources:
+            if s.source_name == name:
+                return s
+        raise KeyError(f"no source named {name!r}; sources are {[s.source_name for s in self.sources]}")
+
+    def member_spec(self, name: str) -> "ProjectSpec":
+        """The spec ensemble member `name` is trained with: this one with the member's parts replaced."""
+        member = next((m for m in (self.ensemble.members if self.ensemble else []) if m.name == name), None)
+        if member is None:
+            raise KeyError(f"no ensemble member named {name!r}")
+        data = self.model_dump(mode="json")
+        data["ensemble"] = None
+        for key in ("architecture", "loss_weighting", "encoder"):
+            part = getattr(member, key)
+            if part is not None:
+                data[key] = part.model_dump(mode="json")
+        data["training"] = {**data["training"], **member.training}
+        try:
+            return ProjectSpec.model_validate(data)
+        except ValidationError as err:
+            raise ValueError(f"ensemble member {name!r} does not give a valid spec:\n{_format_errors(err)}") from None
 
     def to_json(self) -> str:
         return self.model_dump_json()
