@@ -138,6 +138,11 @@ class TextEncoder(tf_keras.layers.Layer):
         self.bert.bert.pooler.trainable = False
 
     @property
+    def word_embeddings(self) -> tf.Variable:
+        """The token embedding matrix (FGM perturbs it)."""
+        return self.bert.bert.embeddings.weight
+
+    @property
     def output_dim(self) -> int:
         return self.bert.config.hidden_size
 

@@ -43,6 +43,10 @@ class MMoE(tf_keras.layers.Layer):
             outputs[task], gates[task] = _mix(self.gates[task](inputs), experts)
         return (outputs, gates) if return_gates else outputs
 
+    def expert_names(self, task: str) -> list[str]:
+        """Names of the experts `task`'s gate weighs, in gate order."""
+        return [f"expert{i}" for i in range(self.num_experts)]
+
     def get_config(self) -> dict:
         return {**super().get_config(), "task_names": self.task_names, "num_experts": self.num_experts,
                 "expert_units": self.expert_units}
@@ -86,6 +90,11 @@ class PLE(tf_keras.layers.Layer):
                 shared_in, _ = _mix(self.shared_gates[level](shared_in), every)
             task_in = task_out
         return (task_in, gates) if return_gates else task_in
+
+    def expert_names(self, task: str) -> list[str]:
+        """Names of the experts `task`'s last-level gate weighs, in gate order."""
+        return ([f"{task}{i}" for i in range(self.num_task_experts)]
+                + [f"shared{i}" for i in range(self.num_shared_experts)])
 
     def get_config(self) -> dict:
         return {**super().get_config(), "task_names": self.task_names, "levels": self.levels,

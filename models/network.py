@@ -11,7 +11,7 @@ import tf_keras  # noqa: E402
 from models import features  # noqa: E402
 from models.encoders import TextEncoder  # noqa: E402
 from models.experts import MMoE, PLE  # noqa: E402
-from models.multitask import ENCODER_LAYER  # noqa: E402
+from models.multitask import ENCODER_LAYER, gate_output_key  # noqa: E402
 from models.spec import ProjectSpec  # noqa: E402
 from models.tasks import Task  # noqa: E402
 
@@ -63,8 +63,14 @@ def build_network(spec: ProjectSpec, tasks: list[Task], cardinalities: dict[str,
         parts.append(embed(inputs[key]))
     joined = parts[0] if len(parts) == 1 else tf_keras.layers.Concatenate(name="joined")(parts)
     shared = _mlp(spec.training.shared_units, spec.training.dropout, "shared_bottom")(joined)
-    per_task = _sharing(spec, [t.name for t in tasks])(shared)
+    sharing = _sharing(spec, [t.name for t in tasks])
     outputs = {}
+    if isinstance(sharing, (MMoE, PLE)):
+        # Gate weights ride along as extra outputs so training can log how tasks share experts.
+        per_task, gates = sharing(shared, return_gates=True)
+        outputs.update({gate_output_key(t): g for t, g in gates.items()})
+    else:
+        per_task = sharing(shared)
     for task in tasks:
         tower = _mlp(spec.training.tower_units, spec.training.dropout, f"tower_{task.name}")(per_task[task.name])
         outputs[task.name] = tf_keras.layers.Dense(task.logits_dim, name=f"logits_{task.name}")(tower)

@@ -140,14 +140,32 @@ def _label(task: TaskSpec, raw) -> tuple[tf.Tensor, tf.Tensor]:
     return values, present
 
 
+def _funnel_label(child: tuple[tf.Tensor, tf.Tensor], parent: tuple[tf.Tensor, tf.Tensor]):
+    """ESMM: the label of `child` over the parent's whole space is parent AND child. A row the parent
+    labels 0 is a known 0 even where the child is unlabelled; a parent-positive row without a child
+    label stays masked."""
+    (label, present), (parent_label, parent_present) = child, parent
+    known = tf.maximum(present, 1.0 - parent_label)
+    return parent_label * label * present, parent_present * known
+
+
 def _labels(inputs, spec: ProjectSpec) -> dict[str, tf.Tensor]:
-    out = {}
-    for task in spec.tasks:
-        if task.label not in inputs:
-            continue  # serving: labels are absent and nothing downstream needs them
-        label, present = _label(task, inputs[task.label])
-        out[features.label_key(task)] = label
-        out[features.mask_key(task)] = present
+    out: dict[str, tf.Tensor] = {}
+    pending = [t for t in spec.tasks if t.label in inputs]  # serving: labels are absent
+    while pending:
+        # Parents first: a funnel task's label is built from its parent's (itself possibly a funnel).
+        ready = [t for t in pending if t.depends_on is None or features.label_key(spec.task(t.depends_on)) in out]
+        if not ready:
+            break  # a parent's label column is absent: only possible when serving
+        for task in ready:
+            label, present = _label(task, inputs[task.label])
+            if task.depends_on is not None:
+                parent = spec.task(task.depends_on)
+                label, present = _funnel_label(
+                    (label, present), (out[features.label_key(parent)], out[features.mask_key(parent)]))
+            out[features.label_key(task)] = label
+            out[features.mask_key(task)] = present
+            pending.remove(task)
     return out
 
 

@@ -67,6 +67,25 @@ class BinaryTask(Task):
         return make[name]()
 
 
+class FunnelTask(BinaryTask):
+    """ESMM: the head's logit is p(task | parent); the task's output is p(parent) * p(task | parent).
+
+    The model passes the log of that product (see `MultiTaskModel`); the loss is the cross-entropy of
+    the product against the task's label on the parent's whole space, so the conditional is learned
+    without selecting parent-positive rows.
+    """
+
+    def __init__(self, spec: TaskSpec):
+        super().__init__(spec)
+        self.parent = spec.depends_on
+
+    def loss_from_log_probability(self, labels: tf.Tensor, log_p: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+        log_p = tf.minimum(log_p, -1e-7)  # keeps log(1 - p) finite
+        labels = tf.cast(labels, log_p.dtype)
+        per_example = -(labels * log_p + (1.0 - labels) * tf.math.log(-tf.math.expm1(log_p)))
+        return masked_mean(per_example, mask)
+
+
 class MulticlassTask(Task):
     def __init__(self, spec: TaskSpec):
         super().__init__(spec)
@@ -107,4 +126,6 @@ _TASK_CLASSES = {TaskType.BINARY: BinaryTask, TaskType.MULTICLASS: MulticlassTas
 
 
 def make_task(spec: TaskSpec) -> Task:
+    if spec.depends_on is not None:
+        return FunnelTask(spec)
     return _TASK_CLASSES[spec.type](spec)
