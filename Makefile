@@ -11,7 +11,7 @@ export TF_USE_LEGACY_KERAS := 1
 export PYTHONWARNINGS := ignore::FutureWarning,ignore::DeprecationWarning
 export TF_CPP_MIN_LOG_LEVEL := 1
 
-.PHONY: install run test bench bench-serving serve clean
+.PHONY: install run test bench bench-serving bench-variants serve clean
 
 install: $(STAMP)
 
@@ -35,6 +35,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_time.py --config $(CONFIG)
 
 # Predict latency of `commerce-mtl serve` vs in-process, on the model `make run` pushed.
+bench-variants: $(STAMP)
+	$(BIN)/python bench/variants.py
+
 bench-serving: $(STAMP)
 	$(BIN)/python bench/serving_latency.py --model-base-path $(WORKDIR)/serving_model/commerce --data $(WORKDIR)/data/prepared/data.csv
 

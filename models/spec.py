@@ -482,12 +482,44 @@ def parse_spec(data: Any, source: str = "<config>") -> ProjectSpec:
         raise ConfigError(f"{source}: invalid configuration\n{_format_errors(err)}") from None
 
 
-def load_spec(path: Union[str, os.PathLike]) -> ProjectSpec:
-    path = Path(path)
+EXTENDS_KEY = "extends"
+
+
+def merge_config(base: Any, override: Any) -> Any:
+    """`override` laid over `base`: mappings merge key by key, lists of named mappings (tasks,
+    sources, members) merge entry by entry on `name`, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{k: merge_config(base[k], v) if k in base else v for k, v in override.items()}}
+    if _named_list(base) and _named_list(override):
+        merged = {entry["name"]: entry for entry in base}
+        for entry in override:
+            merged[entry["name"]] = merge_config(merged.get(entry["name"], {}), entry)
+        return list(merged.values())
+    return override
+
+
+def _named_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) and "name" in v for v in value)
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> Any:
+    """The YAML at `path`, with any `extends: other.yaml` (relative to this file) merged underneath."""
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: config file not found"
+                          + (f" (extended by {chain[-1]})" if chain else ""))
+    if path in chain:
+        raise ConfigError(f"{path}: 'extends' loops: {' -> '.join(map(str, chain + (path,)))}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse_spec(data, str(path))
+    if not isinstance(data, dict) or EXTENDS_KEY not in data:
+        return data
+    data = dict(data)
+    base = _read_yaml((path.parent / str(data.pop(EXTENDS_KEY))).resolve(), chain + (path,))
+    return merge_config(base, data)
+
+
+def load_spec(path: Union[str, os.PathLike]) -> ProjectSpec:
+    path = Path(path).resolve()
+    return parse_spec(_read_yaml(path), str(path))

@@ -14,6 +14,9 @@ RUN_FN = "models.model.run_fn"
 
 
 def default_beam_args(workers: int = 2) -> list[str]:
+    if workers <= 1:
+        # One worker: run in this process; spares starting (and importing TF in) worker processes.
+        return ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
     return [
         "--direct_running_mode=multi_processing",
         f"--direct_num_workers={workers}",

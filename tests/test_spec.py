@@ -346,3 +346,31 @@ def test_a_config_without_any_blessing_threshold_is_refused():
     for task in data["tasks"]:
         task.pop("blessing_threshold", None)
     assert "no task sets a blessing_threshold" in _error(data)
+
+
+def test_a_config_extends_another_and_merges_tasks_by_name(tmp_path):
+    base = _base()
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    first = base["tasks"][0]["name"]
+    (tmp_path / "variant.yaml").write_text(yaml.safe_dump({
+        "extends": "base.yaml",
+        "model_name": "variant",
+        "architecture": {"type": "mmoe"},
+        "loss_weighting": "uncertainty",
+        "tasks": [{"name": first, "loss_weight": 3.0}],
+    }))
+    spec = load_spec(tmp_path / "variant.yaml")
+    assert spec.model_name == "variant" and spec.architecture.type == "mmoe"
+    assert spec.loss_weighting.method == "uncertainty"
+    assert [t.name for t in spec.tasks] == [t["name"] for t in base["tasks"]]
+    assert spec.task(first).loss_weight == 3.0 and spec.task(first).label == base["tasks"][0]["label"]
+
+
+def test_extends_errors_name_the_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml: config file not found \(extended by .*a\.yaml\)"):
+        load_spec(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("extends: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("extends: b.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_spec(tmp_path / "b.yaml")

@@ -1,0 +1,78 @@
+"""Benchmark: the multi-task variants side by side on the same generated data and training budget.
+
+    make bench-variants                       # every config below, 10,000 generated events each
+    .venv/bin/python bench/variants.py --rows 5000 --configs commerce mmoe_uncertainty
+
+Runs `commerce-mtl run` once per config (configs/<name>.yaml, each into workdir-variants/<name>/) and
+writes bench/results/variants.{json,md}: per task the Evaluator's metrics of every variant, and the wall
+time of each run (one machine, one after the other).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIGS = ["commerce", "mmoe_uncertainty", "ple_gradnorm", "esmm", "pcgrad", "ensemble"]
+
+
+def run_variant(name: str, rows: int | None, workdir: Path) -> dict:
+    command = [sys.executable, "-m", "pipeline.cli", "run", "--config", f"configs/{name}.yaml",
+               "--workdir", str(workdir)]
+    if rows:
+        command += ["--rows", str(rows)]
+    print(f"== {name}: {' '.join(command[1:])}", flush=True)
+    started = time.monotonic()
+    proc = subprocess.run(command, cwd=ROOT)
+    seconds = round(time.monotonic() - started, 1)
+    report_path = workdir / "reports" / "metrics.json"
+    if proc.returncode != 0 or not report_path.is_file():
+        return {"config": name, "seconds": seconds, "failed": f"exit status {proc.returncode}"}
+    return {"config": name, "seconds": seconds, "report": json.loads(report_path.read_text())}
+
+
+def markdown(results: list[dict], command: str) -> str:
+    tasks = next((list(r["report"]["tasks"]) for r in results if "report" in r), [])
+    lines = [f"# Multi-task variants side by side\n", f"`{command}` on {platform.machine()}, {os.cpu_count()} cores.\n",
+             "| task | metric | " + " | ".join(r["config"] for r in results) + " |",
+             "|---|---|" + "---|" * len(results)]
+    metric_names = sorted({m for r in results if "report" in r for t in r["report"]["tasks"].values() for m in t})
+    for task in tasks:
+        for metric in [m for m in ("auc", "pr_auc", "log_loss", "accuracy", "rmse", "mae") if m in metric_names]:
+            cells = []
+            for r in results:
+                value = r.get("report", {}).get("tasks", {}).get(task, {}).get(metric)
+                cells.append("—" if value is None else f"{value:.4f}")
+            if any(c != "—" for c in cells):
+                lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
+    lines.append("| (run) | seconds | " + " | ".join(str(r["seconds"]) for r in results) + " |")
+    failed = [f"- {r['config']}: {r['failed']}" for r in results if "failed" in r]
+    return "\n".join(lines + ([""] + failed if failed else [])) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
+    parser.add_argument("--rows", type=int, help="generated events per run (default: each config's own)")
+    parser.add_argument("--workdir", default="workdir-variants")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args(argv)
+    base = Path(args.workdir) if Path(args.workdir).is_absolute() else ROOT / args.workdir
+    results = [run_variant(name, args.rows, base / name) for name in args.configs]
+    command = "bench/variants.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "variants.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
+    (out / "variants.md").write_text(markdown(results, command))
+    print(markdown(results, command))
+    return 0 if all("report" in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

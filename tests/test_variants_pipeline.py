@@ -1,0 +1,91 @@
+"""The whole TFX pipeline once per sharing architecture / weighting variant (configs/*.yaml), tiny encoder.
+
+shared_bottom runs in test_pipeline_e2e.py; here: MMoE + uncertainty, PLE + GradNorm, and an ESMM funnel
+trained with PCGrad, token augmentation and FGM. Each must push a version that serves every task, with
+its task weights and gate means in the run report and in TensorBoard.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (the pushed model tokenizes in graph)
+import yaml
+
+from serving.examples import load_raw_features, to_examples
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+TINY = {"encoder": {"kind": "tiny", "hidden_size": 32, "num_layers": 1, "num_heads": 2}, "sequence_length": 32,
+        "sources": [{"simulated": {"rows": 1200, "seed": 5}}],
+        "training": {"batch_size": 32, "learning_rate": 1e-3, "head_learning_rate": 3e-3}}
+VARIANTS = {
+    "mmoe_uncertainty": {},
+    "ple_gradnorm": {},
+    "esmm": {"loss_weighting": "pcgrad", "augmentation": {"token_dropout": 0.05, "mask_rate": 0.1},
+             "adversarial": {"epsilon": 1.0}},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def run(request, tmp_path_factory):
+    name = request.param
+    workdir = tmp_path_factory.mktemp(name)
+    config = {"extends": str(ROOT / "configs" / f"{name}.yaml"), **TINY, **VARIANTS[name]}
+    # Small data: the gate is only "better than chance" on click, which 1,200 rows can show.
+    config["tasks"] = [{"name": t, "blessing_threshold": None} for t in ("purchase", "ad_click", "intent", "churn")]
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(path), "--workdir", str(workdir),
+         "--workers", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    report = json.loads((workdir / "reports" / "metrics.json").read_text())
+    return name, workdir, report
+
+
+def test_pushes_a_version_that_serves_every_task(run):
+    _, workdir, report = run
+    model_dir = workdir / "serving_model" / report["model"] / str(report["version"])
+    rows = [{"query": "red dress", "item_title": "Red summer dress", "cs_message": "", "item_price": "30",
+             "channel": "app", "user_id": "u1", "item_id": "i1"}]
+    outputs = tf.saved_model.load(str(model_dir)).signatures["serving_default"](
+        examples=tf.constant(to_examples(rows, load_raw_features(str(model_dir)))))
+    assert set(outputs) == set(report["tasks"]) == {"click", "purchase", "ad_click", "fraud", "intent",
+                                                      "satisfaction", "churn"}
+
+
+def test_report_has_task_weights_and_gates(run):
+    name, _, report = run
+    training = report["training"]
+    assert set(training["final_task_weights"]) == set(report["tasks"])
+    if name == "ple_gradnorm":
+        assert sum(training["final_task_weights"].values()) == pytest.approx(
+            sum(1.0 if t != "satisfaction" else 0.5 for t in report["tasks"]), rel=1e-3)
+    if name == "mmoe_uncertainty":
+        assert set(training["gates"]["click"]) == {f"expert{i}" for i in range(4)}
+    if name == "ple_gradnorm":
+        assert set(training["gates"]["click"]) == {"click0", "shared0", "shared1"}
+    for experts in training.get("gates", {}).values():
+        assert sum(experts.values()) == pytest.approx(1.0, abs=1e-3)
+    if name == "esmm":
+        assert "gates" not in training
+        assert training["adversarial_loss"] > 0
+
+
+def test_esmm_purchase_is_below_click(run):
+    name, workdir, report = run
+    if name != "esmm":
+        pytest.skip("only the ESMM variant has a funnel")
+    model_dir = workdir / "serving_model" / report["model"] / str(report["version"])
+    rows = [{"query": q, "item_title": "Red summer dress", "item_price": "30", "user_id": f"u{i}", "item_id": "i1"}
+            for i, q in enumerate(["red dress", "cheap shoes", "phone case", "lamp"])]
+    outputs = tf.saved_model.load(str(model_dir)).signatures["serving_default"](
+        examples=tf.constant(to_examples(rows, load_raw_features(str(model_dir)))))
+    assert bool(tf.reduce_all(outputs["purchase"] <= outputs["click"] + 1e-6))
