@@ -74,15 +74,25 @@ def _run(args) -> int:
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)
     try:
-        report = write_metrics_report(paths.metadata, spec, paths.reports)
+        report = write_metrics_report(paths.metadata, spec, paths.reports, prepared.per_source)
     except RunError as err:
         print(f"commerce-mtl: {err}", file=sys.stderr)
         return 1
     print(f"\npushed {spec.model_name} version {report['version']} to {paths.serving_model_dir(spec.model_name)}")
     for task, metrics in report["tasks"].items():
         print(f"  {task:14s} " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    _print_sources(report["sources"])
     print(f"metrics: {paths.reports / 'metrics.json'}  ({time.monotonic() - started:.0f} s)")
     return 0
+
+
+def _print_sources(sources: dict[str, dict]) -> None:
+    """Rows and labels per source; with several sources also the train/eval examples after sampling."""
+    for name, counts in sources.items():
+        splits = "".join(f"  {split}={counts[split]['examples']}" for split in ("train", "eval") if split in counts)
+        weight = f"  weight={counts['sampling_weight']:g}" if "sampling_weight" in counts else ""
+        labels = ", ".join(f"{task}={n}" for task, n in counts.get("labels", {}).items() if n)
+        print(f"  source {name}: rows={counts.get('rows', '?')}{weight}{splits}  labels: {labels or 'none'}")
 
 
 def build_parser() -> argparse.ArgumentParser:

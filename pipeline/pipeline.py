@@ -4,6 +4,7 @@ from __future__ import annotations
 from tfx import v1 as tfx
 
 from components.anomalies_gate import AnomaliesGate
+from components.fusion_example_gen import FusionExampleGen
 from models.evaluation import eval_config
 from models.preprocessing import SPEC_KEY
 from models.spec import ProjectSpec
@@ -28,7 +29,11 @@ def create_pipeline(
     if spec.training.eval_split_by:
         split_config.partition_feature_name = spec.training.eval_split_by
     output_config = tfx.proto.Output(split_config=split_config)
-    example_gen = tfx.components.CsvExampleGen(input_base=data_root, output_config=output_config)
+    if len(spec.sources) > 1:
+        # Sources with different columns and label sets: typed from the spec, sampled per source.
+        example_gen = FusionExampleGen(input_base=data_root, spec_json=spec.to_json())
+    else:
+        example_gen = tfx.components.CsvExampleGen(input_base=data_root, output_config=output_config)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False)
     example_validator = tfx.components.ExampleValidator(

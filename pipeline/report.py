@@ -8,6 +8,7 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components.fusion_example_gen import EVAL, TRAIN, read_stats
 from models.spec import ProjectSpec
 
 
@@ -62,7 +63,20 @@ def blessing_failures(evaluation_uri: str) -> list[str]:
     return failures
 
 
-def write_metrics_report(metadata_path: Path, spec: ProjectSpec, report_dir: Path) -> dict:
+def source_counts(store, per_source: dict | None = None) -> dict[str, dict]:
+    """Per source: rows and labels per task as prepared (`PreparedData.per_source`), and for a
+    multi-source run the train/eval examples and labels after sampling (FusionExampleGen's stats)."""
+    sources = {name: dict(counts) for name, counts in (per_source or {}).items()}
+    stats = read_stats(latest_artifact(store, "Examples").uri) or {}
+    for name, weight in stats.get("sampling_weights", {}).items():
+        sources.setdefault(name, {})["sampling_weight"] = weight
+        for split in (TRAIN, EVAL):
+            sources[name][split] = stats["splits"][split]["sources"][name]
+    return sources
+
+
+def write_metrics_report(metadata_path: Path, spec: ProjectSpec, report_dir: Path,
+                         per_source: dict | None = None) -> dict:
     store = open_store(metadata_path)
     evaluation = latest_artifact(store, "ModelEvaluation")
     pushed = latest_artifact(store, "PushedModel")
@@ -73,6 +87,7 @@ def write_metrics_report(metadata_path: Path, spec: ProjectSpec, report_dir: Pat
         "model": spec.model_name,
         "version": int(pushed.custom_properties["pushed_version"].string_value),
         "tasks": overall_metrics(evaluation.uri, spec),
+        "sources": source_counts(store, per_source),
     }
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
