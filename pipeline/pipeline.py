@@ -47,6 +47,9 @@ def create_pipeline(
         custom_config=custom_config,
         # The Trainer applies the Transform graph to raw examples itself (see models/model.py).
         materialize=False,
+        # Statistics of the transformed features would take a second full pass over the data (token
+        # ids, masks) for no consumer in this pipeline; StatisticsGen covers the raw data.
+        disable_statistics=True,
     )
     trainer = tfx.components.Trainer(
         run_fn=configs.RUN_FN,

@@ -9,6 +9,8 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.fusion_example_gen import EVAL, TRAIN, read_stats
+from models.model import HISTORY_FILE
+from models.multitask import gate_metric, weight_metric
 from models.spec import ProjectSpec
 
 
@@ -75,20 +77,51 @@ def source_counts(store, per_source: dict | None = None) -> dict[str, dict]:
     return sources
 
 
+def training_summary(store, spec: ProjectSpec) -> dict:
+    """From the Trainer's history: each task's loss weight at the last step, the mean gate weight of
+    every expert per task on the evaluation split (MMoE / PLE), and FGM's adversarial loss."""
+    run = latest_artifact(store, "ModelRun")
+    path = Path(run.uri) / HISTORY_FILE
+    if not path.is_file():
+        return {}
+    history = {k: v[-1] for k, v in json.loads(path.read_text()).items() if v}
+    summary: dict = {"final_task_weights": {t.name: history[weight_metric(t.name)]
+                                            for t in spec.tasks if weight_metric(t.name) in history}}
+    gates: dict[str, dict[str, float]] = {}
+    # Longest task name first: "gate_ad_click_expert0" belongs to ad_click, not to click.
+    tasks = sorted((t.name for t in spec.tasks), key=len, reverse=True)
+    for key, value in history.items():
+        task = next((t for t in tasks if key.startswith("val_" + gate_metric(t, ""))), None)
+        if task is not None:
+            gates.setdefault(task, {})[key[len("val_" + gate_metric(task, "")):]] = round(value, 6)
+    if gates:
+        summary["gates"] = gates
+    if "adversarial_loss" in history:
+        summary["adversarial_loss"] = history["adversarial_loss"]
+    return summary
+
+
 def write_metrics_report(metadata_path: Path, spec: ProjectSpec, report_dir: Path,
                          per_source: dict | None = None) -> dict:
     store = open_store(metadata_path)
     evaluation = latest_artifact(store, "ModelEvaluation")
     pushed = latest_artifact(store, "PushedModel")
-    if not pushed.custom_properties["pushed"].int_value:
-        raise RunError("the Evaluator did not bless the model, nothing was pushed:\n  "
-                       + "\n  ".join(blessing_failures(evaluation.uri) or ["(no failure recorded)"]))
+    was_pushed = bool(pushed.custom_properties["pushed"].int_value)
+    failures = [] if was_pushed else blessing_failures(evaluation.uri) or ["(no failure recorded)"]
     report = {
         "model": spec.model_name,
-        "version": int(pushed.custom_properties["pushed_version"].string_value),
+        "pushed": was_pushed,
+        "version": int(pushed.custom_properties["pushed_version"].string_value) if was_pushed else None,
         "tasks": overall_metrics(evaluation.uri, spec),
         "sources": source_counts(store, per_source),
+        "training": training_summary(store, spec),
     }
+    if failures:
+        report["blessing_failures"] = failures
     report_dir.mkdir(parents=True, exist_ok=True)
+    # Written before failing too: the metrics of a candidate that was not blessed are what users need.
     (report_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    if not was_pushed:
+        raise RunError("the Evaluator did not bless the model, nothing was pushed:\n  " + "\n  ".join(failures)
+                       + f"\n  (metrics: {report_dir / 'metrics.json'})")
     return report

@@ -190,7 +190,9 @@ def test_two_sources_are_unioned_in_order(tmp_path):
                         header=["bought", "stars", "color", "review", "spend", "price"])
     prepared = prepare(spec, [first, second], tmp_path / "out")
     frame = _read_prepared(prepared.csv)
-    assert list(frame.columns) == PREPARED_COLUMNS
+    # Several sources: each row says where it came from.
+    assert list(frame.columns) == PREPARED_COLUMNS + ["source"]
+    assert frame["source"].tolist() == ["shop", "shop", "other"]
     assert frame["review"].tolist() == ["Lovely dress", "Too small", "from other"]
     assert frame["price"].tolist() == ["19.99", "25.0", "20.0"]
     assert prepared.rows == 3
