@@ -50,7 +50,38 @@ def _examples_spec(name: str) -> tf.TensorSpec:
     return tf.TensorSpec([None], tf.string, name=name)
 
 
-class ServingModule(tf.Module):
+class ServableModule(tf.Module):
+    """What the exported signatures are built from, whatever computes the predictions.
+
+    A single trained model (`ServingModule`) and a fusion of several SavedModels
+    (`models/ensemble.py`) both export through `export_module`, so they expose the same signatures,
+    output names, method names and assets.extra files, and the Evaluator, Pusher and server need not
+    know which one they hold. Subclasses implement the three functions and `raw_features`.
+    """
+
+    def predict_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Serialized tf.Examples [batch] -> {task: output}."""
+        raise NotImplementedError
+
+    def predict_columns(self, columns: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """{raw feature: dense [batch] tensor} (the `predict_raw` inputs) -> {task: output}."""
+        raise NotImplementedError
+
+    def transform_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Serialized tf.Examples with labels -> transformed features, labels and masks."""
+        raise NotImplementedError
+
+    @property
+    def raw_features(self) -> dict[str, dict[str, str]]:
+        """{raw feature: {"dtype", "kind"}}: the `predict_raw` inputs and assets.extra/raw_features.json."""
+        raise NotImplementedError
+
+
+def describe_feature_spec(feature_spec: dict) -> dict[str, dict[str, str]]:
+    return {name: {"dtype": f.dtype.name, "kind": type(f).__name__} for name, f in feature_spec.items()}
+
+
+class ServingModule(ServableModule):
     """Holds the Transform layer and the trained network so both are saved in one SavedModel."""
 
     def __init__(self, model: MultiTaskModel, tf_transform_output: tft.TFTransformOutput, spec: ProjectSpec):
@@ -61,28 +92,24 @@ class ServingModule(tf.Module):
         self._full_spec = tf_transform_output.raw_feature_spec()
         self._input_keys = list(model.network.input_names)
 
+    @property
+    def raw_features(self) -> dict[str, dict[str, str]]:
+        return describe_feature_spec(self._serving_spec)
+
     def _predict_from_raw(self, raw: dict) -> dict:
         transformed = self.tft_layer(raw)
         return self.model({k: transformed[k] for k in self._input_keys}, training=False)
 
-    def _predict_examples(self, examples) -> dict:
+    def predict_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._predict_from_raw(tf.io.parse_example(examples, self._serving_spec))
 
-    @tf.function(input_signature=[_examples_spec(EXAMPLES_INPUT)])
-    def serve_examples(self, examples):
-        return self._predict_examples(examples)
-
-    @tf.function(input_signature=[_examples_spec(EXAMPLES_INPUT)])
-    def transform_features(self, examples):
+    def transform_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
         # Used by the Evaluator: labels and masks come out transformed, exactly as the Trainer saw them.
         return self.tft_layer(tf.io.parse_example(examples, self._full_spec))
 
-    def raw_signature(self) -> list[tf.TensorSpec]:
-        return [tf.TensorSpec([None], f.dtype, name=name) for name, f in self._serving_spec.items()]
-
-    def predict_raw(self, *columns):
+    def predict_columns(self, columns: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         raw = {}
-        for (name, _), values in zip(self._serving_spec.items(), columns):
+        for name, values in columns.items():
             # The Transform graph reads every raw feature as a [batch, 1] sparse (VarLen) tensor.
             batch = tf.shape(values, out_type=tf.int64)[0]
             indices = tf.stack([tf.range(batch), tf.zeros([batch], tf.int64)], axis=1)
@@ -90,24 +117,24 @@ class ServingModule(tf.Module):
         return self._predict_from_raw(raw)
 
 
-def _classify_fn(module: ServingModule, task_name: str, classes: list[str], binary: bool):
+def _classify_fn(module: ServableModule, task_name: str, classes: list[str], binary: bool):
     @tf.function(input_signature=[_examples_spec(tf.saved_model.CLASSIFY_INPUTS)])
     def classify(inputs):
-        out = module._predict_examples(inputs)[task_name]
+        out = module.predict_examples(inputs)[task_name]
         scores = tf.stack([1.0 - out, out], axis=1) if binary else out
         labels = tf.tile(tf.constant([classes]), [tf.shape(scores)[0], 1])
         return {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: labels, tf.saved_model.CLASSIFY_OUTPUT_SCORES: scores}
     return classify
 
 
-def _regress_fn(module: ServingModule, task_name: str):
+def _regress_fn(module: ServableModule, task_name: str):
     @tf.function(input_signature=[_examples_spec(tf.saved_model.REGRESS_INPUTS)])
     def regress(inputs):
-        return {tf.saved_model.REGRESS_OUTPUTS: module._predict_examples(inputs)[task_name]}
+        return {tf.saved_model.REGRESS_OUTPUTS: module.predict_examples(inputs)[task_name]}
     return regress
 
 
-def _task_signatures(module: ServingModule, spec: ProjectSpec) -> tuple[dict, dict]:
+def _task_signatures(module: ServableModule, spec: ProjectSpec) -> tuple[dict, dict]:
     """(signatures, {signature name: method name}) for the per-task classify / regress signatures."""
     signatures, methods = {}, {}
     for task in spec.tasks:
@@ -136,6 +163,54 @@ def _set_method_names(export_dir: str, methods: dict[str, str]) -> None:
         f.write(saved_model.SerializeToString())
 
 
+def _serve_examples_fn(module: ServableModule):
+    @tf.function(input_signature=[_examples_spec(EXAMPLES_INPUT)])
+    def serve_examples(examples):
+        return module.predict_examples(examples)
+    return serve_examples
+
+
+def _transform_fn(module: ServableModule):
+    @tf.function(input_signature=[_examples_spec(EXAMPLES_INPUT)])
+    def transform_features(examples):
+        return module.transform_examples(examples)
+    return transform_features
+
+
+def raw_input_signature(raw_features: dict[str, dict[str, str]]) -> list[tf.TensorSpec]:
+    """One dense [batch] tensor per raw feature, named after it (friendly to REST/JSON clients)."""
+    return [tf.TensorSpec([None], tf.as_dtype(d["dtype"]), name=name) for name, d in raw_features.items()]
+
+
+def _predict_raw_fn(module: ServableModule):
+    names = list(module.raw_features)
+
+    def predict_raw(*columns):
+        return module.predict_columns(dict(zip(names, columns)))
+    return tf.function(predict_raw, input_signature=raw_input_signature(module.raw_features))
+
+
+def export_module(
+    module: ServableModule,
+    spec: ProjectSpec,
+    export_dir: str,
+    warmup_examples: list[bytes] | None = None,
+) -> None:
+    """Saves `module` with the full signature set, TF Serving method names and assets.extra files."""
+    task_signatures, methods = _task_signatures(module, spec)
+    signatures = {
+        "serving_default": _serve_examples_fn(module).get_concrete_function(),
+        TRANSFORM_SIGNATURE: _transform_fn(module).get_concrete_function(),
+        PREDICT_RAW_SIGNATURE: _predict_raw_fn(module).get_concrete_function(),
+        **task_signatures,
+    }
+    tf.saved_model.save(module, export_dir, signatures=signatures)
+    _set_method_names(export_dir, methods)
+    _write_raw_features(module.raw_features, export_dir)
+    if warmup_examples:
+        write_warmup_requests(export_dir, spec.model_name, warmup_examples)
+
+
 def export_serving_model(
     model: MultiTaskModel,
     tf_transform_output: tft.TFTransformOutput,
@@ -143,28 +218,21 @@ def export_serving_model(
     export_dir: str,
     warmup_examples: list[bytes] | None = None,
 ) -> None:
-    module = ServingModule(model, tf_transform_output, spec)
-    predict_raw = tf.function(module.predict_raw, input_signature=module.raw_signature())
-    task_signatures, methods = _task_signatures(module, spec)
-    signatures = {
-        "serving_default": module.serve_examples.get_concrete_function(),
-        TRANSFORM_SIGNATURE: module.transform_features.get_concrete_function(),
-        PREDICT_RAW_SIGNATURE: predict_raw.get_concrete_function(),
-        **task_signatures,
-    }
-    tf.saved_model.save(module, export_dir, signatures=signatures)
-    _set_method_names(export_dir, methods)
-    _write_raw_features(module._serving_spec, export_dir)
-    if warmup_examples:
-        write_warmup_requests(export_dir, spec.model_name, warmup_examples)
+    """The Trainer's export: one trained network behind the Transform graph."""
+    export_module(ServingModule(model, tf_transform_output, spec), spec, export_dir, warmup_examples)
 
 
-def _write_raw_features(feature_spec: dict, export_dir: str) -> None:
-    described = {name: {"dtype": f.dtype.name, "kind": type(f).__name__} for name, f in feature_spec.items()}
+def _write_raw_features(described: dict[str, dict[str, str]], export_dir: str) -> None:
     path = os.path.join(export_dir, RAW_FEATURES_FILE)
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "w") as f:
         json.dump(described, f, indent=1, sort_keys=True)
+
+
+def read_raw_features(export_dir: str) -> dict[str, dict[str, str]]:
+    """The raw feature description an exported model carries (see RAW_FEATURES_FILE)."""
+    with tf.io.gfile.GFile(os.path.join(export_dir, RAW_FEATURES_FILE)) as f:
+        return json.load(f)
 
 
 def write_warmup_requests(export_dir: str, model_name: str, examples: list[bytes]) -> None:

@@ -2,13 +2,46 @@
 from __future__ import annotations
 
 from tfx import v1 as tfx
+from tfx.types import channel_utils
 
 from components.anomalies_gate import AnomaliesGate
 from components.fusion_example_gen import FusionExampleGen
+from components.model_fusion import ModelFusion, check_member_tokenizers, member_trainer_id, tag_member_output
 from models.evaluation import eval_config
 from models.preprocessing import SPEC_KEY
 from models.spec import ProjectSpec
 from pipeline import configs
+
+
+def _trainer(spec: ProjectSpec, examples, transform_graph, schema) -> tfx.components.Trainer:
+    return tfx.components.Trainer(
+        run_fn=configs.RUN_FN,
+        examples=examples,
+        transform_graph=transform_graph,
+        schema=schema,
+        train_args=tfx.proto.TrainArgs(),
+        eval_args=tfx.proto.EvalArgs(),
+        custom_config={SPEC_KEY: spec.to_json()},
+    )
+
+
+def _train(spec: ProjectSpec, examples, transform_graph, schema) -> tuple[list, tfx.dsl.Channel]:
+    """The components that produce the model the Evaluator and Pusher take, and its channel: one
+    Trainer, or for an ensemble one `Trainer.<member>` per member (each with its member spec) and the
+    ModelFusion that fuses their unioned models."""
+    if spec.ensemble is None:
+        trainer = _trainer(spec, examples, transform_graph, schema)
+        return [trainer], trainer.outputs["model"]
+    check_member_tokenizers(spec)
+    trainers = []
+    for member in spec.ensemble.members:
+        trainer = _trainer(spec.member_spec(member.name), examples, transform_graph, schema)
+        trainer = trainer.with_id(member_trainer_id(member.name))
+        tag_member_output(trainer.outputs["model"], member.name)
+        trainers.append(trainer)
+    fusion = ModelFusion(models=channel_utils.union([t.outputs["model"] for t in trainers]), examples=examples,
+                         spec_json=spec.to_json())
+    return [*trainers, fusion], fusion.outputs["model"]
 
 
 def create_pipeline(
@@ -51,22 +84,15 @@ def create_pipeline(
         # ids, masks) for no consumer in this pipeline; StatisticsGen covers the raw data.
         disable_statistics=True,
     )
-    trainer = tfx.components.Trainer(
-        run_fn=configs.RUN_FN,
-        examples=example_gen.outputs["examples"],
-        transform_graph=transform.outputs["transform_graph"],
-        schema=gate.outputs["validated_schema"],
-        train_args=tfx.proto.TrainArgs(),
-        eval_args=tfx.proto.EvalArgs(),
-        custom_config=custom_config,
-    )
+    training, model = _train(spec, example_gen.outputs["examples"], transform.outputs["transform_graph"],
+                             gate.outputs["validated_schema"])
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
-        model=trainer.outputs["model"],
+        model=model,
         eval_config=eval_config(spec),
     )
     pusher = tfx.components.Pusher(
-        model=trainer.outputs["model"],
+        model=model,
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
@@ -75,7 +101,7 @@ def create_pipeline(
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, gate, transform, trainer,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, gate, transform, *training,
                     evaluator, pusher],
         enable_cache=False,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),

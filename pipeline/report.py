@@ -9,6 +9,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.fusion_example_gen import EVAL, TRAIN, read_stats
+from components.model_fusion import FUSION_FILE, TRAINER_PREFIX
 from models.model import HISTORY_FILE
 from models.multitask import gate_metric, weight_metric
 from models.spec import ProjectSpec
@@ -77,10 +78,10 @@ def source_counts(store, per_source: dict | None = None) -> dict[str, dict]:
     return sources
 
 
-def training_summary(store, spec: ProjectSpec) -> dict:
+def training_summary(store, spec: ProjectSpec, run=None) -> dict:
     """From the Trainer's history: each task's loss weight at the last step, the mean gate weight of
     every expert per task on the evaluation split (MMoE / PLE), and FGM's adversarial loss."""
-    run = latest_artifact(store, "ModelRun")
+    run = run or latest_artifact(store, "ModelRun")
     path = Path(run.uri) / HISTORY_FILE
     if not path.is_file():
         return {}
@@ -101,6 +102,28 @@ def training_summary(store, spec: ProjectSpec) -> dict:
     return summary
 
 
+def ensemble_report(store) -> dict | None:
+    """What ModelFusion recorded (method, members, weights or band, eval losses): the `fusion.json` of
+    the newest Model artifact that has one."""
+    for model in sorted(store.get_artifacts_by_type("Model"), key=lambda a: (a.create_time_since_epoch, a.id),
+                        reverse=True):
+        path = Path(model.uri) / FUSION_FILE
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
+def member_training(store, spec: ProjectSpec) -> dict[str, dict]:
+    """An ensemble's training summary per member: each `Trainer.<member>`'s newest ModelRun."""
+    runs: dict[str, object] = {}
+    for run in sorted(store.get_artifacts_by_type("ModelRun"), key=lambda a: (a.create_time_since_epoch, a.id)):
+        node = Path(run.uri).parent.parent.name
+        if node.startswith(TRAINER_PREFIX):
+            runs[node[len(TRAINER_PREFIX):]] = run
+    return {m.name: training_summary(store, spec.member_spec(m.name), runs[m.name]) if m.name in runs else {}
+            for m in spec.ensemble.members}
+
+
 def write_metrics_report(metadata_path: Path, spec: ProjectSpec, report_dir: Path,
                          per_source: dict | None = None) -> dict:
     store = open_store(metadata_path)
@@ -114,10 +137,12 @@ def write_metrics_report(metadata_path: Path, spec: ProjectSpec, report_dir: Pat
         "version": int(pushed.custom_properties["pushed_version"].string_value) if was_pushed else None,
         "tasks": overall_metrics(evaluation.uri, spec),
         "sources": source_counts(store, per_source),
-        "training": training_summary(store, spec),
+        "training": training_summary(store, spec) if spec.ensemble is None else member_training(store, spec),
     }
     if failures:
         report["blessing_failures"] = failures
+    if spec.ensemble is not None:
+        report["ensemble"] = ensemble_report(store)
     report_dir.mkdir(parents=True, exist_ok=True)
     # Written before failing too: the metrics of a candidate that was not blessed are what users need.
     (report_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
