@@ -19,7 +19,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SECONDS_FILE = "bench_seconds.txt"
 DEFAULT_CONFIGS = ["commerce", "mmoe_uncertainty", "ple_gradnorm", "esmm", "pcgrad", "ensemble"]
+
+
+def reused(name: str, workdir: Path) -> dict | None:
+    """The result of an earlier run of this variant in `workdir`, if it left a report."""
+    report, seconds = workdir / "reports" / "metrics.json", workdir / SECONDS_FILE
+    if not report.is_file():
+        return None
+    return {"config": name, "seconds": float(seconds.read_text()) if seconds.is_file() else None,
+            "report": json.loads(report.read_text()), "reused": True}
 
 
 def run_variant(name: str, rows: int | None, workdir: Path, workers: int) -> dict:
@@ -31,6 +41,7 @@ def run_variant(name: str, rows: int | None, workdir: Path, workers: int) -> dic
     started = time.monotonic()
     proc = subprocess.run(command, cwd=ROOT)
     seconds = round(time.monotonic() - started, 1)
+    (workdir / SECONDS_FILE).write_text(str(seconds))
     report_path = workdir / "reports" / "metrics.json"
     if not report_path.is_file():
         return {"config": name, "seconds": seconds, "failed": f"exit status {proc.returncode}, no report"}
@@ -54,21 +65,30 @@ def markdown(results: list[dict], command: str) -> str:
                 lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
     lines.append("| (run) | pushed | " + " | ".join(
         str(r.get("report", {}).get("pushed", "—")).lower() for r in results) + " |")
-    lines.append("| (run) | seconds | " + " | ".join(str(r["seconds"]) for r in results) + " |")
+    lines.append("| (run) | seconds | " + " | ".join(str(r["seconds"] or "—") for r in results) + " |")
+    lines.append("| (run) | generated events | " + " | ".join(str(r.get("rows", "config")) for r in results) + " |")
     failed = [f"- {r['config']}: {r['failed']}" for r in results if "failed" in r]
     return "\n".join(lines + ([""] + failed if failed else [])) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS,
+                        help="config names; NAME:ROWS runs that one on ROWS generated events")
     parser.add_argument("--rows", type=int, help="generated events per run (default: each config's own)")
     parser.add_argument("--workdir", default="workdir-variants")
     parser.add_argument("--workers", type=int, default=1, help="Beam workers (1: in process, less CPU)")
+    parser.add_argument("--reuse", action="store_true", help="take the report of a variant already run in --workdir")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     base = Path(args.workdir) if Path(args.workdir).is_absolute() else ROOT / args.workdir
-    results = [run_variant(name, args.rows, base / name, args.workers) for name in args.configs]
+    results = []
+    for item in args.configs:
+        name, _, rows = item.partition(":")
+        earlier = reused(name, base / name) if args.reuse else None
+        results.append(earlier or run_variant(name, int(rows) if rows else args.rows, base / name, args.workers))
+        if rows:
+            results[-1]["rows"] = int(rows)
     command = "bench/variants.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
