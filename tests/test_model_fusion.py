@@ -414,7 +414,8 @@ def test_pipeline_trains_members_fuses_evaluates_pushes_and_serves(tmp_path):
     config_path = tmp_path / "ensemble.yaml"
     config_path.write_text(yaml.safe_dump(config))
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config_path), "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config_path), "--workdir", str(tmp_path),
+         "--workers", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 

@@ -33,7 +33,8 @@ def run(tmp_path_factory):
     config_path = workdir / "e2e.yaml"
     config_path.write_text(yaml.safe_dump(config))
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config_path), "--workdir", str(workdir)],
+        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config_path), "--workdir", str(workdir),
+         "--workers", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
