@@ -7,6 +7,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,15 @@ from models.spec import ProjectSpec, TaskType, parse_spec
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 ROW_INDEX = "row_index"
+
+
+def run_pipeline(*args: str, cwd: Path = ROOT, timeout: int = 1200) -> "subprocess.CompletedProcess":
+    """`commerce-mtl run ARGS` in a subprocess (as a user runs it); fails the test with its output's tail."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
 
 
 def tiny_config(**training) -> dict:

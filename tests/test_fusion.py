@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from components.fusion_example_gen import (
     sampled_copies)
 from models.spec import parse_spec
 from pipeline.data_prep import SOURCE_COLUMN, DataError, prepare
-from tests.conftest import ROOT, SHARED_DATA
+from tests.conftest import ROOT, SHARED_DATA, run_pipeline
 
 ROWS = 200  # per tiny source: enough for the sampling rates to show, still a 3-second Beam run
 
@@ -344,13 +342,8 @@ def test_fusion_config_pushes_a_model_serving_every_task(tmp_path):
     for task in config["tasks"]:  # plumbing, not quality: one gate that any finite accuracy passes
         task["blessing_threshold"] = 0.0 if task["name"] == "intent" else None
     (tmp_path / "fusion.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", "fusion.yaml", "--data", "data",
-         "--workdir", "wd", "--workers", "1", "--beam-arg=--direct_running_mode=in_memory"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    proc = run_pipeline("--config", "fusion.yaml", "--data", "data", "--workdir", "wd", "--workers", "1",
+                 cwd=tmp_path, timeout=900)
     report = json.loads((tmp_path / "wd" / "reports" / "metrics.json").read_text())
     tasks = {t["name"] for t in config["tasks"]}
     assert set(report["tasks"]) == tasks

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,7 +15,7 @@ from models.ensemble import (
 )
 from models.export import WARMUP_FILE, ServableModule, export_module, read_raw_features
 from models.spec import TaskSpec, parse_spec
-from tests.conftest import ROOT, serialize, tiny_config
+from tests.conftest import serialize, tiny_config, run_pipeline
 
 MMOE = {"type": "mmoe", "num_experts": 2, "expert_units": [16]}
 
@@ -413,11 +410,7 @@ def test_pipeline_trains_members_fuses_evaluates_pushes_and_serves(tmp_path):
         task["blessing_threshold"] = 0.0 if task["name"] == "intent" else None
     config_path = tmp_path / "ensemble.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config_path), "--workdir", str(tmp_path),
-         "--workers", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    run_pipeline("--config", str(config_path), "--workdir", str(tmp_path), "--workers", "1")
 
     store = open_store(tmp_path / "metadata.sqlite")
     assert {"Trainer", "ModelFusion", "Evaluator", "Pusher"} <= executed_components(store)

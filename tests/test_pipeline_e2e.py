@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import tensorflow as tf
@@ -14,7 +11,7 @@ import yaml
 
 from pipeline.report import executed_components, open_store
 from serving.examples import load_raw_features, to_examples
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import tiny_config, run_pipeline
 
 pytestmark = pytest.mark.e2e
 
@@ -32,13 +29,7 @@ def run(tmp_path_factory):
         task["blessing_threshold"] = 0.5 if task["type"] == "binary" else None
     config_path = workdir / "e2e.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config_path), "--workdir", str(workdir),
-         "--workers", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    proc = run_pipeline("--config", str(config_path), "--workdir", str(workdir), "--workers", "1")
     return workdir, config, proc.stdout
 
 

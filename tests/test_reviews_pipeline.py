@@ -3,15 +3,12 @@ started from another folder with --data pointing at the file (the encoder swappe
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SHARED_DATA
+from tests.conftest import ROOT, SHARED_DATA, run_pipeline
 
 REVIEWS = SHARED_DATA / "womens_clothing_reviews" / "womens_clothing_ecommerce_reviews.csv.gz"
 
@@ -34,13 +31,7 @@ def reviews_run(tmp_path_factory):
     for task in config["tasks"]:  # gate on recommendation beating chance only
         task["blessing_threshold"] = 0.5 if task["name"] == "recommended" else None
     (tmp / "reviews.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", "reviews.yaml", "--data", str(sample),
-         "--workdir", "wd"],
-        cwd=tmp, capture_output=True, text=True, timeout=1200,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    run_pipeline("--config", "reviews.yaml", "--data", str(sample), "--workdir", "wd", cwd=tmp)
     return tmp / "wd"
 
 

@@ -8,14 +8,11 @@ answers for every task, with its task weights and gate means in the run report.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_pipeline
 
 pytestmark = pytest.mark.e2e
 
@@ -40,11 +37,7 @@ def run(request, tmp_path_factory):
         config["tasks"][0]["depends_on"] = "click"
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(path), "--workdir", str(workdir),
-         "--workers", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    run_pipeline("--config", str(path), "--workdir", str(workdir), "--workers", "1")
     report = json.loads((workdir / "reports" / "metrics.json").read_text())
     return name, workdir, report
 
