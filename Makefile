@@ -11,7 +11,7 @@ export TF_USE_LEGACY_KERAS := 1
 export PYTHONWARNINGS := ignore::FutureWarning,ignore::DeprecationWarning
 export TF_CPP_MIN_LOG_LEVEL := 1
 
-.PHONY: install run test bench bench-serving bench-variants serve clean
+.PHONY: install run test bench bench-serving bench-variants bench-quality serve clean
 
 install: $(STAMP)
 
@@ -34,10 +34,15 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_time.py --config $(CONFIG)
 
-# Predict latency of `commerce-mtl serve` vs in-process, on the model `make run` pushed.
+# The multi-task variants (configs/<variant>.yaml) side by side on the generated data.
 bench-variants: $(STAMP)
 	$(BIN)/python bench/variants.py
 
+# Multi-task vs single-task vs classical baselines on real data and the generated platform's Bayes optimum.
+bench-quality: $(STAMP)
+	$(BIN)/python bench/quality.py
+
+# Predict latency of `commerce-mtl serve` vs in-process, on the model `make run` pushed.
 bench-serving: $(STAMP)
 	$(BIN)/python bench/serving_latency.py --model-base-path $(WORKDIR)/serving_model/commerce --data $(WORKDIR)/data/prepared/data.csv
 

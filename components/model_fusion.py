@@ -64,6 +64,8 @@ def check_member_tokenizers(spec) -> None:
     from models.encoders import resolve_assets
     from models.spec import ConfigError
 
+    if not spec.features.text:
+        return  # no text, no tokenizer
     project = resolve_assets(spec.encoder)
     for member in spec.ensemble.members if spec.ensemble else []:
         if member.encoder is None:

@@ -109,9 +109,15 @@ class ProgressLogger(tf_keras.callbacks.Callback):
 
 
 class CurveRecorder(tf_keras.callbacks.Callback):
-    """Keeps the task weights and gate means every `every` steps, for the run's report."""
+    """Keeps the losses, task weights and gate means every `every` steps, for the run's reports.
+    (Losses are Keras' running means over the epoch so far.)"""
 
     PREFIXES = ("weight_", "gate_")
+
+    @classmethod
+    def kept(cls, key: str) -> bool:
+        # `<task>_loss` and `loss`; `<task>_log_loss` is the same number again, as a metric.
+        return key.startswith(cls.PREFIXES) or key == "loss" or (key.endswith("_loss") and not key.endswith("_log_loss"))
 
     def __init__(self, every: int = 10):
         super().__init__()
@@ -124,7 +130,7 @@ class CurveRecorder(tf_keras.callbacks.Callback):
         self._step += 1
         if self._step % self.every and self._step != 1:
             return
-        picked = {k: float(v) for k, v in (logs or {}).items() if k.startswith(self.PREFIXES)}
+        picked = {k: float(v) for k, v in (logs or {}).items() if self.kept(k)}
         if picked:
             self.steps.append(self._step)
             for k, v in picked.items():

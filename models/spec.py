@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+SIMULATED_ROW_ID = "event_id"  # pipeline/simulation.py's row names, also the oracle file's key
 
 
 class ConfigError(ValueError):
@@ -39,10 +40,21 @@ _DEFAULT_METRICS = {
     TaskType.REGRESSION: ["rmse", "mae"],
 }
 LOWER_IS_BETTER = {"rmse", "mae", "mse", "log_loss"}
+# Per-user metrics: computed over the rows of each `evaluation.group_by` value (e.g. user_id).
+GROUP_METRICS = {"gauc", "ndcg_at_10"}
+# Metrics only the Evaluator computes (no streaming Keras metric logs them during training).
+EVALUATION_ONLY_METRICS = {"calibration", "macro_f1", *GROUP_METRICS}
 _ALLOWED_METRICS = {
-    TaskType.BINARY: {"auc", "pr_auc", "binary_accuracy", "precision", "recall", "log_loss"},
-    TaskType.MULTICLASS: {"accuracy", "top2_accuracy", "log_loss"},
+    TaskType.BINARY: {"auc", "pr_auc", "binary_accuracy", "precision", "recall", "log_loss", "calibration",
+                      *GROUP_METRICS},
+    TaskType.MULTICLASS: {"accuracy", "top2_accuracy", "log_loss", "macro_f1"},
     TaskType.REGRESSION: {"rmse", "mae", "mse"},
+}
+# The Evaluator reports these for every task of a type, after the task's own `metrics`.
+STANDARD_METRICS = {
+    TaskType.BINARY: ["auc", "pr_auc", "log_loss", "calibration"],
+    TaskType.MULTICLASS: ["accuracy", "macro_f1", "log_loss"],
+    TaskType.REGRESSION: ["rmse", "mae"],
 }
 
 
@@ -60,6 +72,25 @@ class TaskSpec(_Strict):
     # ESMM funnel: this task's head predicts p(task | parent) and the model outputs the product
     # p(parent) * p(task | parent), trained on the parent's whole (impression) space.
     depends_on: str | None = None
+    # The most the primary metric may get worse than in the latest blessed model (absolute, e.g. 0.01
+    # AUC) before the candidate is refused; None: `evaluation.max_loss`.
+    max_loss: float | None = Field(None, ge=0.0)
+    # Binary tasks whose label cells are strings (e.g. "50000+." / "- 50000."): a non-empty cell equal to
+    # one of these is 1, any other non-empty cell 0; empty cells stay missing. None: cells must be 0/1.
+    positive_values: list[str] | None = None
+
+    @field_validator("positive_values")
+    @classmethod
+    def _positive_values(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        # Cells are compared after stripping surrounding whitespace, so the values are stripped too.
+        stripped = [s.strip() for s in v]
+        if not stripped or any(not s for s in stripped):
+            raise ValueError("positive_values needs at least one non-empty value, e.g. [\"yes\"]")
+        if len(set(stripped)) != len(stripped):
+            raise ValueError(f"positive_values has duplicates: {v}")
+        return stripped
 
     @field_validator("name")
     @classmethod
@@ -79,6 +110,9 @@ class TaskSpec(_Strict):
             raise ValueError(f"task {self.name!r} of type {self.type.value} must not declare 'classes'")
         if self.label_transform != "none" and self.type != TaskType.REGRESSION:
             raise ValueError(f"label_transform is only allowed for regression tasks, not {self.name!r}")
+        if self.positive_values is not None and self.type != TaskType.BINARY:
+            raise ValueError(f"positive_values is only allowed for binary tasks, not {self.type.value} task "
+                             f"{self.name!r}")
         unknown = set(self.metrics) - _ALLOWED_METRICS[self.type]
         if unknown:
             raise ValueError(
@@ -87,7 +121,15 @@ class TaskSpec(_Strict):
             )
         if not self.metrics:
             object.__setattr__(self, "metrics", list(_DEFAULT_METRICS[self.type]))
+        if self.primary_metric == "calibration":
+            # Its best value is 1, not an end of the scale: no bound or change threshold fits it.
+            raise ValueError(f"task {self.name!r}: 'calibration' cannot be the primary (first) metric")
         return self
+
+    @property
+    def evaluated_metrics(self) -> list[str]:
+        """What the Evaluator reports: the declared metrics, then the type's standard ones."""
+        return [*self.metrics, *(m for m in STANDARD_METRICS[self.type] if m not in self.metrics)]
 
     @property
     def primary_metric(self) -> str:
@@ -112,12 +154,20 @@ class SourceSpec(_Strict):
 
     Several sources may carry different feature columns and label different tasks; they are unioned
     into one example stream with a `source` feature, and what a source does not carry is missing.
+    Cells are read with surrounding whitespace removed (so "a, b" separators work); a cell that is empty
+    then is missing.
     """
 
     path: str | None = Field(None, description="relative paths resolve against --data (or the config's folder)")
     simulated: SimulationSpec | None = None
     # project column name -> column name in the source file; unmapped columns keep their names
     columns: dict[str, str] = Field(default_factory=dict)
+    # The file's column names, for a file without a header line (its first line is then data, and
+    # every row must have exactly this many fields); None: the first line is the header.
+    header: list[str] | None = None
+    # A column naming each row (not a feature), carried into the examples so reports can join the
+    # evaluation rows with other files; generated data names its rows by `event_id`.
+    row_id: str | None = None
     # The value of the `source` feature; defaults to the file's stem, or "simulated".
     name: str | None = None
     # Training examples of this source are repeated (>1) or subsampled (<1) by this factor.
@@ -135,7 +185,21 @@ class SourceSpec(_Strict):
             raise ValueError("a source needs exactly one of 'path' (a CSV file) or 'simulated' (generated data)")
         if self.name is not None and not _NAME.match(self.name):
             raise ValueError(f"source name {self.name!r} must match {_NAME.pattern}")
+        if self.header is not None:
+            if self.path is None:
+                raise ValueError("'header' names the columns of a CSV file: it needs 'path', not 'simulated'")
+            names = [n.strip() for n in self.header]
+            if not names or any(not n for n in names):
+                raise ValueError("'header' must list one non-empty name per column of the file")
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"'header' names columns more than once: {dupes}")
+            object.__setattr__(self, "header", names)
         return self
+
+    @property
+    def row_id_column(self) -> str | None:
+        return self.row_id or (SIMULATED_ROW_ID if self.simulated is not None else None)
 
     @property
     def source_name(self) -> str:
@@ -197,6 +261,18 @@ class TrainingSpec(_Strict):
     # Split train/eval by hashing this column instead of the whole row, so that e.g. every user lands
     # on one side only and user-level labels (churn) cannot be memorised across the split.
     eval_split_by: str | None = None
+    # A seeded random split instead of hashing: data_prep puts exactly eval_split_percent% of the rows
+    # (a permutation drawn with numpy's default_rng(split_seed), see pipeline.data_prep.seeded_split)
+    # into eval and writes train/ and eval/ files, which ExampleGen reads as the two splits.
+    # Single-source configs only; excludes eval_split_by.
+    split_seed: int | None = None
+
+    @model_validator(mode="after")
+    def _one_split_rule(self) -> "TrainingSpec":
+        if self.split_seed is not None and self.eval_split_by is not None:
+            raise ValueError("training.split_seed (a seeded random split of the rows) and training.eval_split_by "
+                             "(a split by hashing a column) exclude each other; set one")
+        return self
 
 
 class ArchitectureSpec(_Strict):
@@ -296,6 +372,20 @@ class EnsembleSpec(_Strict):
         return self
 
 
+class EvaluationSpec(_Strict):
+    """What the Evaluator slices by, how per-user metrics group rows, and how much a task may lose
+    against the latest blessed model."""
+
+    # Each value of these categorical features (or `source`, for several sources) gets its own metrics.
+    slice_by: list[str] = Field(default_factory=list)
+    # The column whose values are users: gauc / ndcg_at_10 are computed per value, then averaged.
+    group_by: str | None = None
+    # Default of every task's `max_loss` (None: the candidate is not compared with the blessed model).
+    max_loss: float | None = Field(None, ge=0.0)
+    # Resamples behind the transfer report's 95% intervals.
+    bootstrap_samples: int = Field(1000, ge=100)
+
+
 class ProjectSpec(_Strict):
     model_name: str
     sources: list[SourceSpec] = Field(min_length=1)
@@ -309,6 +399,7 @@ class ProjectSpec(_Strict):
     augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
     adversarial: AdversarialSpec | None = None
     ensemble: EnsembleSpec | None = None
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
 
     @field_validator("model_name")
     @classmethod
@@ -329,10 +420,6 @@ class ProjectSpec(_Strict):
             raise ValueError(f"columns declared as more than one feature kind: {dupes}")
         if not feature_cols:
             raise ValueError("features: declare at least one text, numeric, categorical or id column")
-        if all(t.blessing_threshold is None for t in self.tasks):
-            raise ValueError(
-                "no task sets a blessing_threshold: TFX's Evaluator never blesses a model it could not "
-                "validate against a threshold, so nothing would ever be pushed; set one on at least one task")
         split_by = self.training.eval_split_by
         if split_by is not None and split_by not in feature_cols:
             raise ValueError(f"training.eval_split_by {split_by!r} must be one of the feature columns {feature_cols}")
@@ -341,8 +428,50 @@ class ProjectSpec(_Strict):
             raise ValueError(f"label columns used as features too (that leaks the label): {overlap}")
         self._check_funnels()
         self._check_sources()
+        self._check_shared_labels()
         self._check_ensemble()
+        self._check_evaluation()
         return self
+
+    def check_blessable(self) -> None:
+        """A spec the pipeline evaluates needs a value threshold: TFX's Evaluator never blesses a model it
+        could not validate, and change thresholds (`max_loss`) are skipped while there is no blessed model.
+        (Checked on the configs users load, not on derived specs such as single-task baselines.)"""
+        if all(t.blessing_threshold is None for t in self.tasks):
+            raise ValueError(
+                "no task sets a blessing_threshold: TFX's Evaluator never blesses a model it could not "
+                "validate against a threshold, so nothing would ever be pushed; set one on at least one task")
+
+    def check_encoder_used(self) -> None:
+        """A config without text features builds no text encoder (no tokenizer, no text inputs), so an
+        `encoder` section in it is refused rather than silently ignored. (Checked on the configs users
+        load: derived specs carry the default encoder.)"""
+        if self.features.text:
+            return
+        given = ["encoder"] if "encoder" in self.model_fields_set else []
+        given += [f"ensemble.members[{m.name}].encoder" for m in (self.ensemble.members if self.ensemble else [])
+                  if m.encoder is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: this config declares no text features (features.text), so no "
+                             "text encoder is built; remove the encoder section or declare text features")
+
+    def _check_evaluation(self) -> None:
+        evaluation, feature_cols = self.evaluation, self.features.all_columns()
+        sliceable = [*self.features.categorical, *self.features.ids, *(["source"] if len(self.sources) > 1 else [])]
+        unknown = sorted(set(evaluation.slice_by) - set(sliceable))
+        if unknown:
+            raise ValueError(f"evaluation.slice_by {unknown}: slice by categorical or id features"
+                             f"{' or source' if len(self.sources) > 1 else ''}, i.e. {sliceable}")
+        if evaluation.group_by is not None and evaluation.group_by not in feature_cols:
+            raise ValueError(f"evaluation.group_by {evaluation.group_by!r} must be one of the feature columns "
+                             f"{feature_cols}")
+        needs_group = sorted(t.name for t in self.tasks if GROUP_METRICS & set(t.metrics))
+        if needs_group and evaluation.group_by is None:
+            raise ValueError(f"tasks {needs_group} ask for per-user metrics {sorted(GROUP_METRICS)}: set "
+                             "evaluation.group_by to the column naming the user")
+
+    def max_loss(self, task: TaskSpec) -> float | None:
+        return task.max_loss if task.max_loss is not None else self.evaluation.max_loss
 
     def _check_funnels(self) -> None:
         by_name = {t.name: t for t in self.tasks}
@@ -379,6 +508,37 @@ class ProjectSpec(_Strict):
             split_by = self.training.eval_split_by
             if split_by and source.features is not None and split_by not in source.features:
                 raise ValueError(f"source {source.source_name!r} lacks training.eval_split_by column {split_by!r}")
+            if source.header is not None:
+                carried = [c for c in feature_cols if source.features is None or c in source.features]
+                carried += sorted({t.label for t in self.tasks if source.tasks is None or t.name in source.tasks})
+                absent = [f"{source.columns.get(c, c)!r}" + (f" (for {c!r})" if c in source.columns else "")
+                          for c in carried if source.columns.get(c, c) not in source.header]
+                if absent:
+                    raise ValueError(f"source {source.source_name!r}: its 'header' lacks the columns "
+                                     f"{', '.join(absent)}; the header names {source.header}")
+        for source in self.sources:
+            if source.row_id is not None and len(self.sources) > 1:
+                raise ValueError(f"source {source.source_name!r}: 'row_id' is carried for a single source only")
+            if source.row_id is not None and source.row_id in {*feature_cols, *(t.label for t in self.tasks)}:
+                raise ValueError(f"source {source.source_name!r}: row_id {source.row_id!r} is a feature or label "
+                                 "column; it names rows and is never an input")
+        if self.training.split_seed is not None and len(self.sources) > 1:
+            raise ValueError(f"training.split_seed splits the rows of one file; this config has {len(self.sources)} "
+                             "sources, which are split by hashing (training.eval_split_percent / eval_split_by)")
+
+    def _check_shared_labels(self) -> None:
+        """Tasks may share a label column only if they read its cells the same way: data_prep writes one
+        prepared column per label column."""
+        first: dict[str, TaskSpec] = {}
+        for task in self.tasks:
+            other = first.setdefault(task.label, task)
+            reading = (task.type, task.classes, task.positive_values)
+            if reading != (other.type, other.classes, other.positive_values):
+                raise ValueError(
+                    f"tasks {other.name!r} and {task.name!r} both read label column {task.label!r} but differ in "
+                    "type, classes or positive_values; give the second its own column by mapping the same file "
+                    f"column twice in the source's 'columns' (e.g. {{{task.name}: {task.label}}}) and "
+                    f"label: {task.name}")
 
     def _check_ensemble(self) -> None:
         if self.ensemble is None:
@@ -424,6 +584,17 @@ class ProjectSpec(_Strict):
             return ProjectSpec.model_validate(data)
         except ValidationError as err:
             raise ValueError(f"ensemble member {name!r} does not give a valid spec:\n{_format_errors(err)}") from None
+
+    def single_task_spec(self, name: str) -> "ProjectSpec":
+        """The single-task baseline of task `name`: the same encoder, features and training budget, one
+        tower on a shared bottom, the task trained on its own label (a funnel task on its joint label,
+        without the parent's head)."""
+        task = self.task(name)
+        data = self.model_dump(mode="json")
+        data.update(model_name=f"{self.model_name}_{name}", ensemble=None, architecture={},
+                    loss_weighting={}, tasks=[{**task.model_dump(mode="json"), "depends_on": None,
+                                               "loss_weight": 1.0}])
+        return ProjectSpec.model_validate(data)
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -477,9 +648,14 @@ def parse_spec(data: Any, source: str = "<config>") -> ProjectSpec:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        return ProjectSpec.model_validate(data)
+        spec = ProjectSpec.model_validate(data)
+        spec.check_blessable()
+        spec.check_encoder_used()
     except ValidationError as err:
         raise ConfigError(f"{source}: invalid configuration\n{_format_errors(err)}") from None
+    except ValueError as err:
+        raise ConfigError(f"{source}: invalid configuration\n  {err}") from None
+    return spec
 
 
 EXTENDS_KEY = "extends"

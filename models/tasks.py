@@ -11,7 +11,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
-from models.spec import TaskSpec, TaskType  # noqa: E402
+from models.spec import EVALUATION_ONLY_METRICS, TaskSpec, TaskType  # noqa: E402
 
 
 def masked_mean(per_example: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
@@ -40,7 +40,8 @@ class Task:
         return masked_mean(self.per_example_loss(labels, logits), mask)
 
     def make_metrics(self) -> list[tf_keras.metrics.Metric]:
-        return [self._metric(m) for m in self.spec.metrics]
+        # Per-user and calibration metrics need whole users / the whole split: the Evaluator's job.
+        return [self._metric(m) for m in self.spec.metrics if m not in EVALUATION_ONLY_METRICS]
 
     def _metric(self, name: str) -> tf_keras.metrics.Metric:
         raise NotImplementedError

@@ -53,14 +53,16 @@ def _run(args) -> int:
     started = time.monotonic()
     from pipeline.data_prep import prepare
 
-    prepared = prepare(spec, source_files(spec, config_path, Path(args.data).resolve() if args.data else None, paths),
-                       paths.prepared)
-    print(f"prepared {prepared.rows} rows -> {prepared.csv}; labels per task: {prepared.label_counts}", flush=True)
+    files = source_files(spec, config_path, Path(args.data).resolve() if args.data else None, paths)
+    prepared = prepare(spec, files, paths.prepared)
+    written = ", ".join(f"{path} ({prepared.split_rows[split]} rows)" for split, path in prepared.splits.items())
+    print(f"prepared {prepared.rows} rows -> {written or prepared.csv}; labels per task: {prepared.label_counts}",
+          flush=True)
 
     from tfx import v1 as tfx
 
     from pipeline.pipeline import create_pipeline
-    from pipeline.report import RunError, write_metrics_report
+    from pipeline.report import RunError, copy_transfer_report, write_metrics_report
 
     beam_args = configs.default_beam_args(args.workers) + list(args.beam_arg or [])
     pipeline = create_pipeline(
@@ -71,8 +73,13 @@ def _run(args) -> int:
         serving_model_dir=str(paths.serving_model_dir(spec.model_name)),
         metadata_path=str(paths.metadata),
         beam_pipeline_args=beam_args,
+        baselines=args.baselines,
+        oracle_csv=str(oracle_file(spec, files)) if args.baselines and oracle_file(spec, files) else None,
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)
+    transfer = copy_transfer_report(paths.metadata, paths.reports) if args.baselines else None
+    if transfer is not None:
+        _print_transfer(transfer, paths.reports)
     try:
         report = write_metrics_report(paths.metadata, spec, paths.reports, prepared.per_source)
     except RunError as err:
@@ -84,6 +91,26 @@ def _run(args) -> int:
     _print_sources(report["sources"])
     print(f"metrics: {paths.reports / 'metrics.json'}  ({time.monotonic() - started:.0f} s)")
     return 0
+
+
+def oracle_file(spec: ProjectSpec, files: list[Path]) -> Path | None:
+    """The Bayes-optimal probabilities of a single generated source (see pipeline/simulation.py)."""
+    from pipeline.simulation import ORACLE_FILE
+
+    if len(spec.sources) != 1 or spec.sources[0].simulated is None:
+        return None
+    path = files[0].parent.parent / ORACLE_FILE
+    return path if path.is_file() else None
+
+
+def _print_transfer(transfer: dict, reports: Path) -> None:
+    """One line per task: multi-task vs single-task on the primary metric, with its 95% interval."""
+    print("\ntransfer (multi-task minus single-task, 95% bootstrap interval):")
+    for task, entry in transfer["tasks"].items():
+        diff = entry["difference"]
+        print(f"  {task:14s} {diff['metric']:10s} {diff['value']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]"
+              f"  {entry['transfer']}")
+    print(f"transfer report: {reports / 'transfer.html'}")
 
 
 def _print_sources(sources: dict[str, dict]) -> None:
@@ -110,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rows", type=int, help="override the rows of simulated sources")
     run.add_argument("--workers", type=int, default=2, help="Beam DirectRunner worker processes")
     run.add_argument("--beam-arg", action="append", help="extra Beam pipeline argument (repeatable)")
+    run.add_argument("--baselines", action="store_true",
+                     help="also train one single-task model per task and write reports/transfer.{json,md,html}")
     run.set_defaults(func=_run)
     for name, (_, help_text) in _DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)

@@ -7,10 +7,12 @@ from tfx.types import channel_utils
 from components.anomalies_gate import AnomaliesGate
 from components.fusion_example_gen import FusionExampleGen
 from components.model_fusion import ModelFusion, check_member_tokenizers, member_trainer_id, tag_member_output
+from components.transfer_report import TransferReport, baseline_name
 from models.evaluation import eval_config
 from models.preprocessing import SPEC_KEY
 from models.spec import ProjectSpec
 from pipeline import configs
+from pipeline.data_prep import SPLITS
 
 
 def _trainer(spec: ProjectSpec, examples, transform_graph, schema) -> tfx.components.Trainer:
@@ -33,15 +35,42 @@ def _train(spec: ProjectSpec, examples, transform_graph, schema) -> tuple[list, 
         trainer = _trainer(spec, examples, transform_graph, schema)
         return [trainer], trainer.outputs["model"]
     check_member_tokenizers(spec)
-    trainers = []
-    for member in spec.ensemble.members:
-        trainer = _trainer(spec.member_spec(member.name), examples, transform_graph, schema)
-        trainer = trainer.with_id(member_trainer_id(member.name))
-        tag_member_output(trainer.outputs["model"], member.name)
-        trainers.append(trainer)
+    trainers = [_member_trainer(spec.member_spec(m.name), m.name, examples, transform_graph, schema)
+                for m in spec.ensemble.members]
     fusion = ModelFusion(models=channel_utils.union([t.outputs["model"] for t in trainers]), examples=examples,
                          spec_json=spec.to_json())
     return [*trainers, fusion], fusion.outputs["model"]
+
+
+def _member_trainer(spec: ProjectSpec, name: str, examples, transform_graph, schema) -> tfx.components.Trainer:
+    """A Trainer named `Trainer.<name>` whose Model and ModelRun carry `name` (see model_fusion)."""
+    trainer = _trainer(spec, examples, transform_graph, schema).with_id(member_trainer_id(name))
+    tag_member_output(trainer.outputs["model"], name)
+    tag_member_output(trainer.outputs["model_run"], name)
+    return trainer
+
+
+def _transfer_report(spec: ProjectSpec, examples, transform_graph, schema, model, model_runs: list,
+                     oracle_csv: str | None) -> list:
+    """One single-task Trainer per task (same encoder, features, budget) and the TransferReport that
+    compares each with the multi-task candidate."""
+    baselines = [_member_trainer(spec.single_task_spec(t.name), baseline_name(t.name), examples, transform_graph,
+                                 schema) for t in spec.tasks]
+    report = TransferReport(
+        examples=examples, model=model,
+        baseline_models=channel_utils.union([b.outputs["model"] for b in baselines]),
+        model_runs=channel_utils.union([*model_runs, *(b.outputs["model_run"] for b in baselines)]),
+        spec_json=spec.to_json(), oracle_csv=oracle_csv or "")
+    return [*baselines, report]
+
+
+def _baseline_model():
+    """The latest blessed model of this pipeline, which the Evaluator compares the candidate with."""
+    return tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
 
 
 def create_pipeline(
@@ -52,7 +81,11 @@ def create_pipeline(
     serving_model_dir: str,
     metadata_path: str,
     beam_pipeline_args: list[str] | None = None,
+    baselines: bool = False,
+    oracle_csv: str | None = None,
 ) -> tfx.dsl.Pipeline:
+    """The pipeline of one config; `baselines` adds a single-task model per task and the TransferReport
+    (`oracle_csv`: Bayes-optimal probabilities of generated data, keyed by event_id)."""
     custom_config = {SPEC_KEY: spec.to_json()}
     split = spec.training.eval_split_percent
     split_config = tfx.proto.SplitConfig(splits=[
@@ -65,6 +98,10 @@ def create_pipeline(
     if len(spec.sources) > 1:
         # Sources with different columns and label sets: typed from the spec, sampled per source.
         example_gen = FusionExampleGen(input_base=data_root, spec_json=spec.to_json())
+    elif spec.training.split_seed is not None:
+        # data_prep split the rows already (seeded_split): one folder per split.
+        example_gen = tfx.components.CsvExampleGen(input_base=data_root, input_config=tfx.proto.Input(splits=[
+            tfx.proto.Input.Split(name=split, pattern=f"{split}/*") for split in SPLITS]))
     else:
         example_gen = tfx.components.CsvExampleGen(input_base=data_root, output_config=output_config)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
@@ -86,11 +123,19 @@ def create_pipeline(
     )
     training, model = _train(spec, example_gen.outputs["examples"], transform.outputs["transform_graph"],
                              gate.outputs["validated_schema"])
+    # Only compare with the latest blessed model when some task limits what it may lose against it.
+    resolver = _baseline_model() if any(spec.max_loss(t) is not None for t in spec.tasks) else None
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=model,
+        baseline_model=resolver.outputs["model"] if resolver else None,
         eval_config=eval_config(spec),
     )
+    transfer = []
+    if baselines:
+        model_runs = [t.outputs["model_run"] for t in training if "model_run" in t.outputs]
+        transfer = _transfer_report(spec, example_gen.outputs["examples"], transform.outputs["transform_graph"],
+                                    gate.outputs["validated_schema"], model, model_runs, oracle_csv)
     pusher = tfx.components.Pusher(
         model=model,
         model_blessing=evaluator.outputs["blessing"],
@@ -102,7 +147,7 @@ def create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, gate, transform, *training,
-                    evaluator, pusher],
+                    *([resolver] if resolver else []), evaluator, pusher, *transfer],
         enable_cache=False,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
         beam_pipeline_args=beam_pipeline_args or configs.default_beam_args(),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import tensorflow_model_analysis as tfma
@@ -10,6 +11,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.fusion_example_gen import EVAL, TRAIN, read_stats
 from components.model_fusion import FUSION_FILE, TRAINER_PREFIX
+from components.transfer_report import TransferReportArtifact
 from models.model import HISTORY_FILE
 from models.multitask import gate_metric, weight_metric
 from models.spec import ProjectSpec
@@ -44,26 +46,60 @@ def executed_components(store) -> set[str]:
     return {component_name(store, e) for e in store.get_executions() if e.last_known_state in done}
 
 
-def overall_metrics(evaluation_uri: str, spec: ProjectSpec) -> dict[str, dict[str, float]]:
+BASELINE_MODEL = "baseline"  # the name TFX gives the latest blessed model in a two-model evaluation
+
+
+def _slice_name(slice_key) -> tuple[str, str] | None:
+    """(feature, value) of a single-feature slice; None for the overall slice."""
+    if not slice_key.single_slice_keys:
+        return None
+    key = slice_key.single_slice_keys[0]
+    value = key.bytes_value.decode() if key.HasField("bytes_value") else (
+        key.int64_value if key.HasField("int64_value") else key.float_value)
+    return key.column, str(value)
+
+
+def evaluation_metrics(evaluation_uri: str, spec: ProjectSpec) -> dict:
+    """The candidate's metrics per task, overall (`tasks`), per slice value (`slices`: feature -> value ->
+    task -> metrics), and its change against the latest blessed model when one was compared
+    (`against_blessed`: task -> metric -> candidate minus baseline)."""
     tasks: dict[str, dict[str, float]] = {t.name: {} for t in spec.tasks}
+    slices: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    diffs: dict[str, dict[str, float]] = {}
     for metrics_for_slice in tfma.load_metrics(evaluation_uri):
-        if metrics_for_slice.slice_key.single_slice_keys:
-            continue
+        where = _slice_name(metrics_for_slice.slice_key)
         for kv in metrics_for_slice.metric_keys_and_values:
-            if kv.key.output_name in tasks and kv.value.HasField("double_value"):
-                tasks[kv.key.output_name][kv.key.name] = round(kv.value.double_value.value, 6)
-    return tasks
+            key = kv.key
+            if key.output_name not in tasks or key.model_name == BASELINE_MODEL or not kv.value.HasField("double_value"):
+                continue
+            value = round(kv.value.double_value.value, 6)
+            if where is not None:
+                if not key.is_diff:
+                    slices.setdefault(where[0], {}).setdefault(where[1], {}).setdefault(key.output_name, {})[
+                        key.name] = value
+            elif key.is_diff:
+                diffs.setdefault(key.output_name, {})[key.name] = value
+            else:
+                tasks[key.output_name][key.name] = value
+    return {"tasks": tasks, "slices": slices, **({"against_blessed": diffs} if diffs else {})}
+
+
+def _describe_failure(failure) -> str:
+    key, value, threshold = failure.metric_key, failure.metric_value.double_value.value, failure.metric_threshold
+    where = f"{key.output_name}/{key.name}"
+    if key.is_diff:
+        allowed = threshold.change_threshold.absolute.value
+        return (f"{where} changed by {value:+.4f} against the latest blessed model "
+                f"(the config allows {'at most' if allowed >= 0 else 'no less than'} {allowed:+.4f}: max_loss)")
+    bound = threshold.value_threshold
+    limit = (f"must be >= {bound.lower_bound.value:.4f}" if bound.HasField("lower_bound")
+             else f"must be <= {bound.upper_bound.value:.4f}")
+    return f"{where} = {value:.4f} ({limit}: blessing_threshold)" + (f" {failure.message.strip()}" if failure.message.strip() else "")
 
 
 def blessing_failures(evaluation_uri: str) -> list[str]:
     result = tfma.load_validation_result(evaluation_uri)
-    failures = []
-    for per_slice in result.metric_validations_per_slice:
-        for failure in per_slice.failures:
-            failures.append(
-                f"{failure.metric_key.output_name}/{failure.metric_key.name} = "
-                f"{failure.metric_value.double_value.value:.4f} ({failure.message or 'below threshold'})")
-    return failures
+    return [_describe_failure(f) for per_slice in result.metric_validations_per_slice for f in per_slice.failures]
 
 
 def source_counts(store, per_source: dict | None = None) -> dict[str, dict]:
@@ -124,6 +160,19 @@ def member_training(store, spec: ProjectSpec) -> dict[str, dict]:
             for m in spec.ensemble.members}
 
 
+def copy_transfer_report(metadata_path: Path, report_dir: Path) -> dict | None:
+    """Copies the newest TransferReport artifact's files (transfer.json/.md/.html) into `report_dir`;
+    returns the report, or None if the run made none."""
+    store = open_store(metadata_path)
+    if not store.get_artifacts_by_type(TransferReportArtifact.TYPE_NAME):
+        return None
+    source = Path(latest_artifact(store, TransferReportArtifact.TYPE_NAME).uri)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.glob("transfer.*")):
+        shutil.copy2(path, report_dir / path.name)
+    return json.loads((report_dir / "transfer.json").read_text())
+
+
 def write_metrics_report(metadata_path: Path, spec: ProjectSpec, report_dir: Path,
                          per_source: dict | None = None) -> dict:
     store = open_store(metadata_path)
@@ -131,11 +180,14 @@ def write_metrics_report(metadata_path: Path, spec: ProjectSpec, report_dir: Pat
     pushed = latest_artifact(store, "PushedModel")
     was_pushed = bool(pushed.custom_properties["pushed"].int_value)
     failures = [] if was_pushed else blessing_failures(evaluation.uri) or ["(no failure recorded)"]
+    evaluated = evaluation_metrics(evaluation.uri, spec)
     report = {
         "model": spec.model_name,
         "pushed": was_pushed,
         "version": int(pushed.custom_properties["pushed_version"].string_value) if was_pushed else None,
-        "tasks": overall_metrics(evaluation.uri, spec),
+        "tasks": evaluated["tasks"],
+        **({"against_blessed": evaluated["against_blessed"]} if "against_blessed" in evaluated else {}),
+        "slices": evaluated["slices"],
         "sources": source_counts(store, per_source),
         "training": training_summary(store, spec) if spec.ensemble is None else member_training(store, spec),
     }

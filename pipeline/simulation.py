@@ -29,6 +29,9 @@ LABEL_COLUMNS: tuple[str, ...] = (
     "click", "purchase", "ad_click", "fraud", "intent", "satisfaction", "churn",
 )
 ORACLE_COLUMNS: tuple[str, ...] = ("event_id",) + BINARY_TASKS
+# Both relative to generate()'s out_dir.
+EVENTS_FILE = "events/events.csv"
+ORACLE_FILE = "oracle/bayes_optimal.csv"
 INTENTS: tuple[str, ...] = (
     "order_status", "return_item", "refund_request", "payment_issue",
     "damaged_item", "cancel_account",
@@ -473,8 +476,7 @@ def generate(rows: int, seed: int, out_dir: str | os.PathLike) -> GeneratedData:
     events = _make_events(rng, rows, users, items)
     labels, support = _draw_labels(rng, events, users, items)
     out = pathlib.Path(out_dir)
-    events_csv = out / "events" / "events.csv"
-    oracle_csv = out / "oracle" / "bayes_optimal.csv"
+    events_csv, oracle_csv = out / EVENTS_FILE, out / ORACLE_FILE
     _write_events(events_csv, events, users, items, labels, support)
     _write_oracle(oracle_csv, labels)
     counts = {name: int(np.sum(~np.isnan(labels.values[name]))) for name in LABEL_COLUMNS}

@@ -308,7 +308,10 @@ def test_simulated_platform_with_the_commerce_config(tmp_path):
     assert prepared.rows == 300
     frame = _read_prepared(prepared.csv)
     assert len(frame) == 300
-    assert list(frame.columns) == spec.input_columns()
+    # generated rows keep their event_id (the oracle file's key), after the spec's columns
+    assert list(frame.columns) == spec.input_columns() + ["event_id"]
+    events = pd.read_csv(generated.events_csv, dtype=str, keep_default_na=False)
+    assert frame["event_id"].tolist() == events["event_id"].tolist()
     # Tasks are named after their label columns in this config.
     assert prepared.label_counts == {t.name: generated.label_counts[t.label] for t in spec.tasks}
     assert set(frame["click"]) <= {"", "0", "1"}
@@ -359,3 +362,26 @@ def test_huge_whole_numbers_stay_floats(tmp_path):
 def test_fewer_files_than_sources_is_an_error(tmp_path):
     with pytest.raises(DataError, match="0 data files given for 1 configured sources"):
         prepare(SPEC, [], tmp_path / "out")
+
+
+# --- row ids: carried into the examples so reports can join rows with other files ----------------
+def _with_row_id(row_id: str) -> object:
+    data = copy.deepcopy(SPEC_DICT)
+    data["sources"][0]["row_id"] = row_id
+    return parse_spec(data)
+
+
+def test_a_row_id_column_is_carried_after_the_spec_columns(tmp_path):
+    prepared, _ = _prepare(tmp_path, GOOD_ROWS, spec=_with_row_id("id"))
+    frame = _read_prepared(prepared.csv)
+    assert list(frame.columns) == PREPARED_COLUMNS + ["id"]
+    assert frame["id"].tolist() == ["a1", "a2", "a3"]
+
+
+def test_row_ids_must_be_filled_and_unique(tmp_path):
+    rows = copy.deepcopy(GOOD_ROWS)
+    rows[2][0] = "a1"
+    with pytest.raises(DataError, match=r"column 'id' names rows \(row_id\) and must be filled and unique; "
+                                        r"rows 2, 4 hold e.g. 'a1'"):
+        _prepare(tmp_path, rows, spec=_with_row_id("id"))
+

@@ -374,3 +374,59 @@ def test_extends_errors_name_the_files(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: b.yaml\n")
     with pytest.raises(ConfigError, match="loops"):
         load_spec(tmp_path / "b.yaml")
+
+
+# --- evaluation: standard metrics, per-user metrics, slices, max_loss, baselines -------------------
+def test_every_task_is_evaluated_on_its_type_standard_metrics_after_its_own():
+    data = _base()
+    data["tasks"][0]["metrics"] = ["log_loss", "auc"]
+    spec = parse_spec(data)
+    assert spec.task("bought").evaluated_metrics == ["log_loss", "auc", "pr_auc", "calibration"]
+    assert spec.task("stars").evaluated_metrics == ["accuracy", "macro_f1", "log_loss"]
+    assert spec.task("spend").evaluated_metrics == ["rmse", "mae"]
+
+
+def test_evaluation_section_is_checked_against_the_features():
+    data = _base()
+    data["evaluation"] = {"slice_by": ["colour"]}
+    assert "slice_by ['colour']" in _error(data) and "['color']" in _error(data)
+    data["evaluation"] = {"group_by": "user"}
+    assert "evaluation.group_by 'user'" in _error(data)
+    data["evaluation"] = {}
+    data["tasks"][0]["metrics"] = ["auc", "gauc"]
+    assert "set evaluation.group_by" in _error(data)
+    data["tasks"][0]["metrics"] = ["calibration"]
+    assert "'calibration' cannot be the primary" in _error(data)
+
+
+def test_max_loss_of_a_task_overrides_the_evaluation_default():
+    data = _base()
+    data["evaluation"] = {"max_loss": 0.02}
+    data["tasks"][2]["max_loss"] = 0.5
+    spec = parse_spec(data)
+    assert [spec.max_loss(t) for t in spec.tasks] == [0.02, 0.02, 0.5]
+    assert parse_spec(_base()).max_loss(parse_spec(_base()).tasks[0]) is None
+
+
+def test_single_task_spec_keeps_encoder_features_and_budget_and_drops_sharing_and_funnels():
+    data = _base()
+    data["architecture"] = {"type": "mmoe"}
+    data["loss_weighting"] = "uncertainty"
+    data["training"] = {"epochs": 3, "batch_size": 16, "seed": 4}
+    data["tasks"].append({"name": "repeat", "type": "binary", "label": "repeat", "depends_on": "bought",
+                          "loss_weight": 2.0})
+    spec = parse_spec(data)
+    single = spec.single_task_spec("repeat")
+    assert [t.name for t in single.tasks] == ["repeat"]
+    assert single.tasks[0].depends_on is None and single.tasks[0].loss_weight == 1.0
+    assert single.architecture.type == "shared_bottom" and single.loss_weighting.method == "fixed"
+    assert (single.features, single.encoder, single.training) == (spec.features, spec.encoder, spec.training)
+    # no blessing threshold of its own: a baseline is compared, never blessed, so that is allowed
+    assert single.tasks[0].blessing_threshold is None
+    assert ProjectSpec.from_json(single.to_json()) == single
+
+
+def test_a_loaded_config_still_needs_one_blessing_threshold():
+    data = _base()
+    data["tasks"][0]["blessing_threshold"] = None
+    assert "no task sets a blessing_threshold" in _error(data)

@@ -102,6 +102,8 @@ def test_weights_and_gates_reach_tensorboard_and_the_curves_file(tmp_path):
     saved = json.loads((tmp_path / "curves.json").read_text())
     assert saved["step"] == [1, 2, 4, 6]
     assert len(saved["weight_a"]) == 4 and len(saved["gate_b_expert1"]) == 4
+    # Per-task losses ride along (the transfer report draws them); the log-loss metric does not.
+    assert len(saved["a_loss"]) == 4 and len(saved["loss"]) == 4 and "a_log_loss" not in saved
     # DWA starts adapting once two windows of 3 steps are closed (after step 6).
     assert saved["weight_a"][0] == 1.0
 
