@@ -42,15 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/quality.py` puts bench/ first, not the repository
     sys.path.insert(0, str(ROOT))
 
-from models.spec import LOWER_IS_BETTER, ConfigError, ProjectSpec, TaskType, load_spec  # noqa: E402
+# The Evaluator's metric names, computed as the transfer report computes them.
+from models.metrics import binary_metrics, multiclass_metrics, regression_metrics  # noqa: E402
+from models.spec import LOWER_IS_BETTER, STANDARD_METRICS, ConfigError, ProjectSpec, TaskType, load_spec  # noqa: E402
 
 SECONDS_FILE = "bench_seconds.txt"
 PREPARED = Path("data") / "prepared"
 SPLIT_FILE = "data.csv"
 # The order metrics are shown in, per task type (the Evaluator's standard metrics, models/spec.py).
-METRIC_ORDER = {"binary": ["auc", "pr_auc", "log_loss", "calibration"],
-                "multiclass": ["accuracy", "macro_f1", "log_loss"],
-                "regression": ["rmse", "mae"]}
+METRIC_ORDER = {t.value: metrics for t, metrics in STANDARD_METRICS.items()}
 # Keys of metrics.json's per-task entries that are counts, not quality metrics: not shown in the tables.
 NOT_SHOWN = {"example_count", "weighted_example_count", "mean_rmse"}
 
@@ -130,34 +130,9 @@ GBT_SETTINGS = {"max_iter": 500, "learning_rate": 0.1, "max_leaf_nodes": 31, "ea
 SEED = 0
 
 
-# --- metrics (the Evaluator's names) ----------------------------------------------------------------
-
-def binary_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
-    """auc, pr_auc (average precision: the step-wise PR area, where the Evaluator interpolates over
-    1,000 thresholds), log_loss, calibration (mean score / mean label)."""
-    from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
-
-    labels, scores = np.asarray(labels, dtype=np.float64), np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return {"auc": float(roc_auc_score(labels, scores)),
-            "pr_auc": float(average_precision_score(labels, scores)),
-            "log_loss": float(log_loss(labels, scores, labels=[0, 1])),
-            "calibration": float(scores.mean() / labels.mean()) if labels.mean() > 0 else math.nan}
-
-
-def multiclass_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict:
-    """accuracy, macro_f1 over all `classes` (a class never predicted scores F1 0), log_loss."""
-    from sklearn.metrics import accuracy_score, f1_score, log_loss
-
-    predicted = np.asarray(classes, dtype=object)[np.argmax(probabilities, axis=1)]
-    return {"accuracy": float(accuracy_score(labels, predicted)),
-            "macro_f1": float(f1_score(labels, predicted, labels=classes, average="macro", zero_division=0)),
-            "log_loss": float(log_loss(labels, np.clip(probabilities, 1e-7, 1.0), labels=classes))}
-
-
-def regression_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict:
-    labels, predictions = np.asarray(labels, dtype=np.float64), np.asarray(predictions, dtype=np.float64)
-    return {"rmse": float(np.sqrt(np.mean((labels - predictions) ** 2))),
-            "mae": float(np.mean(np.abs(labels - predictions)))}
+def _standard(metrics: dict, kind: str) -> dict:
+    """Only the metrics the Evaluator reports for every task of this type (extra mean_rmse kept)."""
+    return {k: v for k, v in metrics.items() if k in METRIC_ORDER[kind] or k == "mean_rmse"}
 
 
 def _class_name(value) -> str:
@@ -282,8 +257,9 @@ def tfidf_baselines(train: pd.DataFrame, eval: pd.DataFrame, *, text: tuple[str,
                 full = np.zeros((len(probabilities), len(names)))
                 for i, cls in enumerate(model.classes_):
                     full[:, names.index(cls)] = probabilities[:, i]
-                metrics = multiclass_metrics(y_eval[column][ev], full, names)
-        tasks[column] = metrics
+                labels = np.asarray([names.index(v) for v in y_eval[column][ev]])
+                metrics = multiclass_metrics(labels, full)
+        tasks[column] = _standard(metrics, kind)
     return {
         "method": "TF-IDF (" + " + ".join(text) + ") + LogisticRegression (binary, multinomial) / Ridge",
         "settings": {
@@ -346,7 +322,7 @@ def gbt_baselines(train: pd.DataFrame, eval: pd.DataFrame, spec: ProjectSpec, *,
                                                random_state=seed, **settings)
         model.fit(x_train[tr], y_train[tr].astype(int))
         scores = model.predict_proba(x_eval[ev])[:, list(model.classes_).index(1)]
-        tasks[task.name] = binary_metrics(y_eval[ev], scores)
+        tasks[task.name] = _standard(binary_metrics(y_eval[ev], scores), "binary")
         fits[task.name] = {"iterations": int(model.n_iter_), "train_rows": int(tr.sum()), "eval_rows": int(ev.sum()),
                            "eval_positive_rate": round(float(y_eval[ev].mean()), 6)}
     return {

@@ -352,6 +352,11 @@ def test_fusion_config_pushes_a_model_serving_every_task(tmp_path):
     assert churn["rows"] == SAMPLE_ROWS and churn["sampling_weight"] == 2.0
     assert churn["train"]["examples"] == 2 * (SAMPLE_ROWS - churn["eval"]["examples"])
     assert "source churn: rows=300  weight=2" in proc.stdout
+    # per-source slices: each source's slice has metrics for the tasks it labels
+    by_source = report["slices"]["source"]
+    assert set(by_source) == {"reviews", "support", "churn"}
+    assert "churn" in by_source["churn"] and by_source["churn"]["churn"]["example_count"] > 0
+    assert "accuracy" in by_source["support"]["intent"]
     model_dir = tmp_path / "wd" / "serving_model" / "fusion" / str(report["version"])
     with open(tmp_path / "wd" / "data" / "prepared" / "data.csv", newline="") as f:
         rows = list(csv.DictReader(f))
