@@ -20,6 +20,8 @@ from typing import Callable, Hashable
 
 import numpy as np
 
+from models.spec import LOWER_IS_BETTER
+
 # Probabilities are clipped to [EPSILON, 1 - EPSILON] before a log, as Keras does.
 EPSILON = 1e-7
 # binary_accuracy / precision / recall count a score > THRESHOLD as a predicted positive (Keras' rule).
@@ -29,7 +31,6 @@ BINARY_METRICS = ("auc", "pr_auc", "log_loss", "calibration", "binary_accuracy",
 MULTICLASS_METRICS = ("accuracy", "macro_f1", "log_loss", "top2_accuracy")
 REGRESSION_METRICS = ("rmse", "mae", "mse")
 _ROW_METRICS = {"binary": BINARY_METRICS, "multiclass": MULTICLASS_METRICS, "regression": REGRESSION_METRICS}
-LOWER_IS_BETTER = {"log_loss", "rmse", "mae", "mse"}
 # Best at 1 (predictions as large as the labels on average), worse in both directions.
 BEST_AT_ONE = {"calibration"}
 GAUC = "gauc"
@@ -196,16 +197,12 @@ def _auc_metric(labels: np.ndarray, scores: np.ndarray) -> WeightedMetric:
 
     Rows are sorted once; each weight row then costs O(n), which makes 1000 bootstrap resamples
     cheap. Each pair (i positive, j negative) counts w_i·w_j, as it would for duplicated rows."""
-    order = np.argsort(scores, kind="stable")
-    positive = labels[order]
-    starts = _tie_blocks(scores[order])
+    blocks = _ranked_blocks(labels, scores, descending=False)
 
     def auc(weights: np.ndarray) -> np.ndarray:
-        if starts is None:
+        if not len(scores):
             return np.full(len(weights), np.nan)
-        w = weights[:, order]
-        pos = np.add.reduceat(w * positive, starts, axis=1)
-        neg = np.add.reduceat(w * (1.0 - positive), starts, axis=1)
+        pos, neg = blocks(weights)
         neg_below = np.cumsum(neg, axis=1) - neg
         wins = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
         return _safe_ratio(wins, pos.sum(axis=1) * neg.sum(axis=1))
@@ -213,27 +210,31 @@ def _auc_metric(labels: np.ndarray, scores: np.ndarray) -> WeightedMetric:
     return auc
 
 
-def _tie_blocks(sorted_scores: np.ndarray) -> np.ndarray | None:
-    """Start of each run of equal scores in a sorted vector (None if empty): ties form one block."""
-    if not len(sorted_scores):
-        return None
-    return np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+def _ranked_blocks(labels: np.ndarray, scores: np.ndarray, descending: bool) -> Callable:
+    """Sorts the rows by score once; returns weights -> (positive weight, negative weight) of each
+    block of tied scores, per weight row, in that order."""
+    order = np.argsort(-scores if descending else scores, kind="stable")
+    positive, ordered = labels[order], scores[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(ordered) else None
+
+    def blocks(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sorted_weights = weights[:, order]
+        return (np.add.reduceat(sorted_weights * positive, starts, axis=1),
+                np.add.reduceat(sorted_weights * (1.0 - positive), starts, axis=1))
+
+    return blocks
 
 
 def _average_precision_metric(labels: np.ndarray, scores: np.ndarray) -> WeightedMetric:
     """Weighted average precision, AP = Σ_t (R_t - R_{t-1}) · P_t over the distinct score thresholds t
     from the highest down (no interpolation) — sklearn's average_precision_score, vectorised over
     weight rows so the bootstrap does not call sklearn 2000 times (tests check they agree)."""
-    order = np.argsort(-scores, kind="stable")
-    positive = labels[order]
-    starts = _tie_blocks(scores[order])
+    blocks = _ranked_blocks(labels, scores, descending=True)
 
     def average_precision(weights: np.ndarray) -> np.ndarray:
-        if starts is None:
+        if not len(scores):
             return np.full(len(weights), np.nan)
-        w = weights[:, order]
-        tp = np.add.reduceat(w * positive, starts, axis=1)
-        fp = np.add.reduceat(w * (1.0 - positive), starts, axis=1)
+        tp, fp = blocks(weights)
         precision = _safe_ratio(np.cumsum(tp, axis=1), np.cumsum(tp + fp, axis=1))
         # A block without positive weight adds no recall (and may have an undefined precision).
         gained = np.where(tp > 0, tp * np.nan_to_num(precision), 0.0).sum(axis=1)

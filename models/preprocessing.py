@@ -88,6 +88,8 @@ def _numeric_features(inputs, spec: ProjectSpec) -> dict[str, tf.Tensor]:
     zscores, missing = [], []
     for column in spec.features.numeric:
         raw = _float(inputs[column])
+        if column in spec.features.log1p:
+            raw = _log1p(raw)
         # Statistics over present values only; missing cells are imputed with the mean (z = 0).
         mean, var = tft.mean(raw), tft.var(raw)
         values, present = _dense_1d(raw, default=float("nan"))
@@ -113,6 +115,11 @@ def _categorical_features(inputs, spec: ProjectSpec) -> dict[str, tf.Tensor]:
             _as_string(values), spec.features.id_hash_buckets
         )
     return out
+
+
+def _log1p(x):
+    # data_prep refuses negative values in a log1p column; serving requests are the caller's own.
+    return x.with_values(tf.math.log1p(x.values)) if isinstance(x, tf.SparseTensor) else tf.math.log1p(x)
 
 
 def _float(x):

@@ -240,6 +240,15 @@ class FeaturesSpec(_Strict):
     id_hash_buckets: int = Field(1000, gt=0)
     # Categorical vocabularies: values seen fewer times map to an OOV bucket.
     categorical_oov_buckets: int = Field(1, gt=0)
+    # Numeric columns (>= 0, heavy-tailed: money, counts) z-scored as log(1 + x) instead of x.
+    log1p: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _log1p_numeric(self) -> "FeaturesSpec":
+        unknown = sorted(set(self.log1p) - set(self.numeric))
+        if unknown:
+            raise ValueError(f"features.log1p {unknown} must be numeric features; numeric: {self.numeric}")
+        return self
 
     def all_columns(self) -> list[str]:
         return [*self.text, *self.numeric, *self.categorical, *self.ids]

@@ -254,6 +254,11 @@ def _clean(frame: pd.DataFrame, spec: ProjectSpec, path: Path, source: SourceSpe
     cleaned = {c: _per_value(frame[c], _collapse_spaces)
                for c in [*spec.features.text, *spec.features.categorical, *spec.features.ids]}
     cleaned.update({c: _numeric(frame, c, path) for c in spec.features.numeric})
+    for column in spec.features.log1p:
+        negative = cleaned[column] < 0
+        if negative.any():
+            raise DataError(f"{path}: column {column!r} is a log1p feature and must be >= 0; rows "
+                            f"{_rows(negative)} hold e.g. {frame.loc[negative, column].iloc[0]!r}")
     frame = pd.DataFrame({c: cleaned.get(c, frame[c]) for c in frame.columns}, index=frame.index)
     return _check_labels(frame, spec, path, source)
 

@@ -326,8 +326,10 @@ def test_womens_clothing_reviews(tmp_path):
     prepared = prepare(spec, [REVIEWS_CSV], tmp_path / "prepared")
     assert prepared.rows == 23486
     assert prepared.label_counts == {"recommended": 23486, "rating": 23486, "positive_feedback": 23486}
-    assert len(prepared.csv.read_text().splitlines()) == 23486 + 1  # one line per review
-    frame = _read_prepared(prepared.csv)
+    # configs/reviews.yaml splits 80/20 by split_seed: two files, one line per review (plus the header)
+    assert prepared.split_rows == {"train": 18789, "eval": 4697}
+    assert [len(f.read_text().splitlines()) for f in prepared.files] == [18789 + 1, 4697 + 1]
+    frame = pd.concat([_read_prepared(f) for f in prepared.files])
     assert list(frame.columns) == spec.input_columns()
     assert len(frame) == 23486
     for column in spec.features.text:
@@ -385,3 +387,12 @@ def test_row_ids_must_be_filled_and_unique(tmp_path):
                                         r"rows 2, 4 hold e.g. 'a1'"):
         _prepare(tmp_path, rows, spec=_with_row_id("id"))
 
+
+
+def test_a_negative_value_in_a_log1p_column_is_refused(tmp_path):
+    data = copy.deepcopy(SPEC_DICT)
+    data["features"]["log1p"] = ["price"]
+    rows = copy.deepcopy(GOOD_ROWS)
+    rows[1][6] = "-2"
+    with pytest.raises(DataError, match=r"column 'price' is a log1p feature and must be >= 0; rows 3 hold e.g. '-2'"):
+        _prepare(tmp_path, rows, spec=parse_spec(data))

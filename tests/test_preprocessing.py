@@ -57,6 +57,15 @@ def test_numerics_are_z_scored_with_missing_indicators(tiny_spec, transformed):
     assert not np.any(numeric[:, n:])  # the generated numerics are never missing
 
 
+def test_log1p_numerics_are_z_scored_on_the_log_scale(tiny_spec, transformed):
+    numeric = np.stack([r[features.NUMERIC] for r in transformed["data"]])
+    assert tiny_spec.features.log1p  # configs/commerce.yaml logs the price and the order count
+    for column in tiny_spec.features.log1p:
+        i = tiny_spec.features.numeric.index(column)
+        logged = np.log1p(np.asarray([float(raw[column][0]) for raw in transformed["raw"]]))
+        np.testing.assert_allclose(numeric[:, i], (logged - logged.mean()) / logged.std(), rtol=1e-3, atol=1e-3)
+
+
 def test_categoricals_get_vocabulary_indices(tiny_spec, transformed):
     output = transformed["output"]
     for column in tiny_spec.features.categorical:

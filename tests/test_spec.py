@@ -430,3 +430,9 @@ def test_a_loaded_config_still_needs_one_blessing_threshold():
     data = _base()
     data["tasks"][0]["blessing_threshold"] = None
     assert "no task sets a blessing_threshold" in _error(data)
+
+
+def test_log1p_features_must_be_numeric():
+    data = _base()
+    data["features"]["log1p"] = ["color"]
+    assert "features.log1p ['color'] must be numeric features" in _error(data)
