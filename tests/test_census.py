@@ -1,6 +1,7 @@
 """Tabular multi-task data like UCI Census-Income (KDD), the MMoE paper's benchmark: files without a header
 line, string-valued binary labels (`positive_values`), a seeded random train/eval split (`split_seed`)
-and models without text features. The last tests read the real census file when ../shared/data holds it."""
+and models without text features. The last tests read the real census file when ../shared/data holds it.
+(A tabular model with a seeded split runs the whole pipeline in tests/test_transfer_pipeline.py.)"""
 from __future__ import annotations
 
 import copy
@@ -10,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from models.spec import ConfigError, load_spec, parse_spec
 from pipeline.data_prep import PREPARED_FILE, DataError, prepare, seeded_split
-from tests.conftest import SHARED_DATA, run_pipeline
+from tests.conftest import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 CENSUS_FILE = SHARED_DATA / "census_income_kdd" / "census-income.test.gz"
@@ -283,36 +283,6 @@ def test_a_tabular_network_has_no_text_inputs_and_no_encoder(architecture):
     outputs = model(batch, training=False)
     assert {k: tuple(v.shape) for k, v in outputs.items() if k in ("income", "single")} == {
         "income": (3,), "single": (3,)}
-
-
-@pytest.mark.e2e
-def test_a_tabular_headerless_config_runs_the_pipeline_and_pushes_a_model(tmp_path):
-    import tensorflow as tf
-
-    from serving.examples import load_raw_features, to_examples
-
-    data = _spec(training={"split_seed": 0, "eval_split_percent": 25, "epochs": 4, "batch_size": 32,
-                           "head_learning_rate": 3e-3, "eval_batch_size": 100},
-                 features={"numeric": ["age", "hours"], "categorical": ["job"]})
-    config = tmp_path / "people.yaml"
-    config.write_text(yaml.safe_dump(data))
-    _write(tmp_path / "people.data", _people(400))
-    workdir = tmp_path / "wd"
-    proc = run_pipeline("--config", str(config), "--data", str(tmp_path), "--workdir", str(workdir), "--workers", "1")
-    assert "(300 rows)" in proc.stdout and "(100 rows)" in proc.stdout  # the printed split
-    report = json.loads((workdir / "reports" / "metrics.json").read_text())
-    assert report["tasks"]["income"]["example_count"] == 100  # the eval split is exactly the held-out rows
-    assert report["tasks"]["income"]["auc"] > 0.7, report["tasks"]
-    version = workdir / "serving_model" / "people" / str(report["version"])
-    assert (version / "saved_model.pb").is_file()
-    assert not list(version.rglob("vocab.txt"))  # no tokenizer assets
-    raw = load_raw_features(str(version))
-    assert set(raw) == {"age", "hours", "job"}
-    rows = _read_prepared(workdir / "data" / "prepared" / "eval" / PREPARED_FILE).head(5).to_dict("records")
-    model = tf.saved_model.load(str(version))
-    outputs = model.signatures["serving_default"](examples=tf.constant(to_examples(rows, raw)))
-    assert set(outputs) >= {"income", "single"} and outputs["income"].shape[0] == 5
-    assert {"predict_raw", "classify_income", "classify_single"} <= set(model.signatures)
 
 
 # --- the real census file ----------------------------------------------------------------------

@@ -403,6 +403,10 @@ def test_pipeline_trains_members_fuses_evaluates_pushes_and_serves(tmp_path):
     config = ensemble_config()
     config["model_name"] = "fused"
     config["sources"] = [{"simulated": {"rows": 1500, "seed": 5}}]
+    # Plumbing, not text: tabular members train, export and load in seconds (the unit tests above fuse
+    # members with the text encoder).
+    config["features"]["text"] = []
+    del config["encoder"]
     config["training"].update(epochs=1, max_steps_per_epoch=10, learning_rate=1e-3, head_learning_rate=3e-3)
     for task in config["tasks"]:
         # Any accuracy blesses: this run checks the fused model goes through Evaluator and Pusher,

@@ -74,6 +74,26 @@ def test_transfer_report_compares_every_task_with_intervals_and_the_bayes_optimu
     assert "transfer (multi-task minus single-task" in stdout
 
 
+def test_the_tabular_model_reads_the_seeded_split_and_serves_without_a_tokenizer(first_run):
+    import pandas as pd
+    import tensorflow as tf
+
+    from serving.examples import load_raw_features, to_examples
+
+    workdir, stdout = first_run
+    metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
+    held_out = pd.read_csv(workdir / "data" / "prepared" / "eval" / "data.csv", dtype=str, keep_default_na=False)
+    assert len(held_out) == 300 and "(300 rows)" in stdout  # exactly 20% of 1,500 rows, as printed
+    version = workdir / "serving_model" / "transfer" / str(metrics["version"])
+    assert not list(version.rglob("vocab.txt"))
+    raw = load_raw_features(str(version))
+    assert not {"query", "item_title", "cs_message"} & set(raw)
+    model = tf.saved_model.load(str(version))
+    assert {"predict_raw", "classify_click", "regress_satisfaction"} <= set(model.signatures)
+    outputs = model.signatures["serving_default"](examples=tf.constant(to_examples(held_out.head(5).to_dict("records"), raw)))
+    assert set(outputs) == set(TASKS) and outputs["click"].shape[0] == 5
+
+
 def test_evaluator_reports_standard_per_user_and_sliced_metrics(first_run):
     workdir, _ = first_run
     metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
