@@ -18,6 +18,7 @@ classical baselines in this process on the very rows the pipeline trained and ev
 Writes bench/results/quality.{json,md}: per dataset the exact commands, the data file, the split, the wall
 seconds of each run, our metrics, the classical baselines' metrics and settings, and each target with
 whether it was met. A dataset whose config or data file is missing is skipped with the reason recorded.
+Datasets not named in --datasets keep their earlier entry (with the command and time that measured it).
 Exit status 1 when a pipeline run failed (no report); missed targets are a result, not an error.
 """
 from __future__ import annotations
@@ -523,6 +524,10 @@ def _single_cell(run: dict | None, task: str, metric: str) -> str:
 
 def _dataset_markdown(name: str, dataset: dict) -> list[str]:
     lines = [f"## {name}: {dataset.get('title', '')}", ""]
+    if dataset.get("command"):
+        lines += [f"`{dataset['command']}` on {dataset.get('machine') or '?'}"
+                  + (f", {dataset['measured_at']}" if dataset.get("measured_at") else "")
+                  + (f" ({_fmt(dataset['seconds'], 0)} s)" if dataset.get("seconds") is not None else "") + ".", ""]
     if dataset.get("data_file"):
         lines.append(f"Data: `{dataset['data_file']}`; split seed {dataset.get('split_seed', '—')}, "
                      f"{dataset.get('eval_split_percent', '—')}% evaluation rows.")
@@ -599,9 +604,6 @@ def markdown(results: dict) -> str:
     """quality.md: per dataset the runs, a table (task | metric | multi-task | single-task [Δ with 95% CI] |
     classical baseline | target | met?) and a line per target saying met / missed."""
     lines = ["# Multi-task vs single-task vs classical baselines", ""]
-    if results.get("command"):
-        lines.append(f"`{results['command']}` on {results.get('machine', '?')}; data `{results.get('data', '?')}`.")
-        lines.append("")
     lines += ["multi-task: the TransferReport's numbers (reports/transfer.json) where the run had `--baselines`, "
               "else the Evaluator's (reports/metrics.json). Δ: multi-task minus single-task on the primary metric, "
               "positive = multi-task better, with its 95% bootstrap interval. Classical baselines are trained "
@@ -842,6 +844,20 @@ def bench_dataset(name: str, args, progress) -> dict:
     return dataset
 
 
+def merge_results(previous: dict | None, fresh: dict[str, dict]) -> dict:
+    """quality.json keeps every dataset's latest measurement: a pipeline run with --baselines takes hours
+    on CPUs, so the datasets are often measured by separate invocations. Each dataset carries the command,
+    machine and time it was measured with."""
+    datasets = dict((previous or {}).get("datasets") or {})
+    if previous and "command" in previous:  # a file from before datasets carried their own command
+        for entry in datasets.values():
+            entry.setdefault("command", previous["command"])
+            entry.setdefault("machine", previous.get("machine"))
+    datasets.update(fresh)
+    order = [n for n in DATASETS if n in datasets] + sorted(set(datasets) - set(DATASETS))
+    return {"datasets": {n: datasets[n] for n in order}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
@@ -861,21 +877,25 @@ def main(argv: list[str] | None = None) -> int:
     def progress(message: str) -> None:
         print(f"[{time.monotonic() - started:7.0f} s] {message}", flush=True)
 
-    command = "bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = {"command": command.strip(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-               "data": str(_resolve(args.data)), "workdir": str(_resolve(args.workdir)), "datasets": {}}
+    command = ("bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    measured = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "data": str(_resolve(args.data)), "workdir": str(_resolve(args.workdir)),
+                "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    fresh = {}
     for name in args.datasets:
         progress(f"== {name}")
-        results["datasets"][name] = bench_dataset(name, args, progress)
-    results["seconds"] = round(time.monotonic() - started, 1)
+        dataset_started = time.monotonic()
+        fresh[name] = bench_dataset(name, args, progress) | measured
+        fresh[name]["seconds"] = round(time.monotonic() - dataset_started, 1)
     out = _resolve(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    results = merge_results(read_json(out / "quality.json"), fresh)
     (out / "quality.json").write_text(json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n")
     text = markdown(results)
     (out / "quality.md").write_text(text)
     print(text)
     progress(f"wrote {_display(out / 'quality.json')} and {_display(out / 'quality.md')}")
-    failed = [r["name"] for d in results["datasets"].values() for r in d.get("runs", []) if r.get("failed")]
+    failed = [r["name"] for d in fresh.values() for r in d.get("runs", []) if r.get("failed")]
     return 1 if failed else 0
 
 

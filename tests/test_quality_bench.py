@@ -188,3 +188,21 @@ def test_missing_data_is_skipped_with_its_reason(quality, tmp_path, monkeypatch)
     assert "not found" in reviews["skipped"] and "womens_clothing" in reviews["skipped"]
     assert reviews["targets"] and all(t["met"] is None for t in reviews["targets"])
     assert "**Skipped**" in (tmp_path / "quality.md").read_text()
+
+
+def test_datasets_measured_separately_accumulate_in_the_results(quality, tmp_path, monkeypatch):
+    monkeypatch.setattr(quality, "launch", lambda *a, **k: pytest.fail("no pipeline may start without data"))
+    common = ["--data", str(tmp_path / "no-data"), "--out", str(tmp_path), "--workdir", str(tmp_path / "work")]
+    assert quality.main(["--datasets", "census", *common]) == 0
+    assert quality.main(["--datasets", "reviews", *common]) == 0
+    results = json.loads((tmp_path / "quality.json").read_text())
+    assert list(results["datasets"]) == ["reviews", "census"]  # the script's order, not the order measured
+    assert results["datasets"]["census"]["command"].endswith("--datasets census " + " ".join(common))
+    assert "--datasets reviews" in results["datasets"]["reviews"]["command"]
+    text = (tmp_path / "quality.md").read_text()
+    assert text.index("## reviews") < text.index("--datasets reviews") < text.index("## census")
+    assert text.index("## census") < text.index("--datasets census")
+    # Measuring a dataset again replaces only its own entry.
+    assert quality.main(["--datasets", "census", *common]) == 0
+    again = json.loads((tmp_path / "quality.json").read_text())
+    assert again["datasets"]["reviews"] == results["datasets"]["reviews"]
