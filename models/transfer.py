@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -418,6 +419,7 @@ def _difference_plot(plt, report: dict) -> str:
             ax.plot([diff["low"], diff["high"]], [0, 0], color="black", marker="|", markersize=14)
         ax.axvline(0.0, color="black", linewidth=0.8)
         ax.set_yticks([])
+        ax.xaxis.set_major_locator(plt.MaxNLocator(4))  # small differences have long tick labels
         ax.set_title(f"{name}: {diff['metric']} ({result['transfer']})", fontsize=9)
     return _png(plt, figure)
 
@@ -472,12 +474,13 @@ def _weight_plot(plt, report: dict, notes: list[str]) -> str | None:
     singles = {r["models"]["single"] for r in report["tasks"].values()}
     models = [m for m in curves if m not in singles and isinstance(curves[m], dict)]
     figure, ax = plt.subplots(figsize=(7, 3.2))
+    styles = itertools.cycle(["-", "--", ":", "-."])  # fixed weights coincide: keep every line visible
     for model in models:
         for key in sorted(k for k in curves[model] if k.startswith("weight_")):
             series = _series(curves, model, key, notes)
             if series is not None:
                 label = key[len("weight_"):] if len(models) == 1 else f"{model}: {key[len('weight_'):]}"
-                ax.plot(*series, label=label, linewidth=1)
+                ax.plot(*series, label=label, linewidth=1.2, linestyle=next(styles))
     if not ax.lines:
         plt.close(figure)
         return None
