@@ -28,6 +28,10 @@ def open_store(metadata_path: Path) -> metadata_store.MetadataStore:
     return metadata_store.MetadataStore(config)
 
 
+# The node id of the multi-task model's Trainer (single-task and member Trainers are "Trainer.<name>").
+MULTI_TASK_TRAINER = "Trainer"
+
+
 def latest_artifact(store, type_name: str):
     artifacts = store.get_artifacts_by_type(type_name)
     if not artifacts:
@@ -114,12 +118,22 @@ def source_counts(store, per_source: dict | None = None) -> dict[str, dict]:
     return sources
 
 
+def newest_model_runs(store) -> dict[str, object]:
+    """Each trainer's newest ModelRun, keyed by its node id: "Trainer" (the multi-task model),
+    "Trainer.<member>" (ensemble members), "Trainer.single_<task>" (the --baselines models)."""
+    runs: dict[str, object] = {}
+    for run in sorted(store.get_artifacts_by_type("ModelRun"), key=lambda a: (a.create_time_since_epoch, a.id)):
+        runs[Path(run.uri).parent.parent.name] = run  # <pipeline root>/<node id>/model_run/<execution id>
+    return runs
+
+
 def training_summary(store, spec: ProjectSpec, run=None) -> dict:
-    """From the Trainer's history: each task's loss weight at the last step, the mean gate weight of
-    every expert per task on the evaluation split (MMoE / PLE), and FGM's adversarial loss."""
-    run = run or latest_artifact(store, "ModelRun")
-    path = Path(run.uri) / HISTORY_FILE
-    if not path.is_file():
+    """From a Trainer's history (default: the multi-task `Trainer`'s): each task's loss weight at the last
+    step, the mean gate weight of every expert per task on the evaluation split (MMoE / PLE), and FGM's
+    adversarial loss."""
+    run = run or newest_model_runs(store).get(MULTI_TASK_TRAINER)
+    path = Path(run.uri) / HISTORY_FILE if run is not None else None
+    if path is None or not path.is_file():
         return {}
     history = {k: v[-1] for k, v in json.loads(path.read_text()).items() if v}
     summary: dict = {"final_task_weights": {t.name: history[weight_metric(t.name)]
@@ -151,13 +165,9 @@ def ensemble_report(store) -> dict | None:
 
 def member_training(store, spec: ProjectSpec) -> dict[str, dict]:
     """An ensemble's training summary per member: each `Trainer.<member>`'s newest ModelRun."""
-    runs: dict[str, object] = {}
-    for run in sorted(store.get_artifacts_by_type("ModelRun"), key=lambda a: (a.create_time_since_epoch, a.id)):
-        node = Path(run.uri).parent.parent.name
-        if node.startswith(TRAINER_PREFIX):
-            runs[node[len(TRAINER_PREFIX):]] = run
-    return {m.name: training_summary(store, spec.member_spec(m.name), runs[m.name]) if m.name in runs else {}
-            for m in spec.ensemble.members}
+    runs = newest_model_runs(store)
+    return {m.name: training_summary(store, spec.member_spec(m.name), runs[TRAINER_PREFIX + m.name])
+            if TRAINER_PREFIX + m.name in runs else {} for m in spec.ensemble.members}
 
 
 def copy_transfer_report(metadata_path: Path, report_dir: Path) -> dict | None:

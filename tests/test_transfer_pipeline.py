@@ -103,6 +103,8 @@ def test_evaluator_reports_standard_per_user_and_sliced_metrics(first_run):
     assert 0.0 <= metrics["tasks"]["click"]["gauc"] <= 1.0
     devices = metrics["slices"]["device"]
     assert len(devices) >= 2 and all("click" in per_task for per_task in devices.values())
+    # The training summary is the multi-task Trainer's, not that of the single-task Trainer that ran last.
+    assert set(metrics["training"]["final_task_weights"]) == set(TASKS)
 
 
 def test_a_worse_candidate_is_refused_against_the_blessed_model_and_nothing_is_pushed(first_run):
