@@ -529,7 +529,9 @@ def _dataset_markdown(name: str, dataset: dict) -> list[str]:
                   + (f", {dataset['measured_at']}" if dataset.get("measured_at") else "")
                   + (f" ({_fmt(dataset['seconds'], 0)} s)" if dataset.get("seconds") is not None else "") + ".", ""]
     if dataset.get("data_file"):
-        lines.append(f"Data: `{dataset['data_file']}`; split seed {dataset.get('split_seed', '—')}, "
+        split = (f"split seed {dataset['split_seed']}" if dataset.get("split_seed") is not None
+                 else "split by a hash of the config's `eval_split_by` column")
+        lines.append(f"Data: `{dataset['data_file']}`; {split}, "
                      f"{dataset.get('eval_split_percent', '—')}% evaluation rows.")
         lines.append("")
     lines += [_run_line(r) for r in dataset.get("runs", [])]
