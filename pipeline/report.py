@@ -10,7 +10,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.fusion_example_gen import EVAL, TRAIN, read_stats
-from components.model_fusion import FUSION_FILE, TRAINER_PREFIX
+from components.model_fusion import FUSION_FILE, member_trainer_id
 from components.transfer_report import TransferReportArtifact
 from models.model import HISTORY_FILE
 from models.multitask import gate_metric, weight_metric
@@ -166,8 +166,8 @@ def ensemble_report(store) -> dict | None:
 def member_training(store, spec: ProjectSpec) -> dict[str, dict]:
     """An ensemble's training summary per member: each `Trainer.<member>`'s newest ModelRun."""
     runs = newest_model_runs(store)
-    return {m.name: training_summary(store, spec.member_spec(m.name), runs[TRAINER_PREFIX + m.name])
-            if TRAINER_PREFIX + m.name in runs else {} for m in spec.ensemble.members}
+    return {m.name: training_summary(store, spec.member_spec(m.name), run)
+            if (run := runs.get(member_trainer_id(m.name))) is not None else {} for m in spec.ensemble.members}
 
 
 def copy_transfer_report(metadata_path: Path, report_dir: Path) -> dict | None:

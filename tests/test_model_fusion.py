@@ -423,6 +423,7 @@ def test_pipeline_trains_members_fuses_evaluates_pushes_and_serves(tmp_path):
     assert report["ensemble"]["method"] == "weighted" and report["ensemble"]["members"] == ["base", "mmoe"]
     assert set(report["tasks"]) == set(report["ensemble"]["tasks"]) == {t["name"] for t in config["tasks"]}
     assert set(report["training"]) == {"base", "mmoe"}  # one training summary per member
+    assert all(set(summary["final_task_weights"]) == set(report["tasks"]) for summary in report["training"].values())
     version_dir = tmp_path / "serving_model" / "fused" / str(report["version"])
     assert json.loads((version_dir / FUSION_ASSET).read_text()) == report["ensemble"]
 
