@@ -850,12 +850,7 @@ def merge_results(previous: dict | None, fresh: dict[str, dict]) -> dict:
     """quality.json keeps every dataset's latest measurement: a pipeline run with --baselines takes hours
     on CPUs, so the datasets are often measured by separate invocations. Each dataset carries the command,
     machine and time it was measured with."""
-    datasets = dict((previous or {}).get("datasets") or {})
-    if previous and "command" in previous:  # a file from before datasets carried their own command
-        for entry in datasets.values():
-            entry.setdefault("command", previous["command"])
-            entry.setdefault("machine", previous.get("machine"))
-    datasets.update(fresh)
+    datasets = {**((previous or {}).get("datasets") or {}), **fresh}
     order = [n for n in DATASETS if n in datasets] + sorted(set(datasets) - set(DATASETS))
     return {"datasets": {n: datasets[n] for n in order}}
 
