@@ -870,6 +870,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     started = time.monotonic()
+    results_file = _resolve(args.out) / "quality.json"
+    # Checked before hours of runs: the earlier datasets' results are merged into this file, never lost.
+    previous = read_json(results_file)
+    if previous is None and results_file.exists():
+        parser.error(f"{results_file} exists but is not a readable JSON results file; move it away or repair it")
 
     def progress(message: str) -> None:
         print(f"[{time.monotonic() - started:7.0f} s] {message}", flush=True)
@@ -884,10 +889,10 @@ def main(argv: list[str] | None = None) -> int:
         dataset_started = time.monotonic()
         fresh[name] = bench_dataset(name, args, progress) | measured
         fresh[name]["seconds"] = round(time.monotonic() - dataset_started, 1)
-    out = _resolve(args.out)
+    out = results_file.parent
     out.mkdir(parents=True, exist_ok=True)
-    results = merge_results(read_json(out / "quality.json"), fresh)
-    (out / "quality.json").write_text(json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n")
+    results = merge_results(previous, fresh)
+    results_file.write_text(json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n")
     text = markdown(results)
     (out / "quality.md").write_text(text)
     print(text)

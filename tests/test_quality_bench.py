@@ -206,3 +206,14 @@ def test_datasets_measured_separately_accumulate_in_the_results(quality, tmp_pat
     assert quality.main(["--datasets", "census", *common]) == 0
     again = json.loads((tmp_path / "quality.json").read_text())
     assert again["datasets"]["reviews"] == results["datasets"]["reviews"]
+
+
+def test_an_unreadable_results_file_stops_the_run_before_any_work(quality, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(quality, "launch", lambda *a, **k: pytest.fail("no pipeline may start"))
+    (tmp_path / "quality.json").write_text("{ not json")
+    with pytest.raises(SystemExit) as stopped:
+        quality.main(["--datasets", "census", "--data", str(tmp_path / "no-data"), "--out", str(tmp_path),
+                      "--workdir", str(tmp_path / "work")])
+    assert stopped.value.code == 2
+    assert f"{tmp_path / 'quality.json'} exists but is not a readable JSON results file" in capsys.readouterr().err
+    assert (tmp_path / "quality.json").read_text() == "{ not json"  # the earlier results are left as they were
