@@ -93,12 +93,12 @@ def test_reviews_config_loads_with_its_column_mapping():
     assert set(source.columns) == set(spec.input_columns())
     assert spec.label_columns() == ["positive_feedback", "rating", "recommended"]
     assert spec.input_columns() == ["title", "review_text", "age", "division", "department", "class_name",
-                                    "positive_feedback", "rating", "recommended"]
+                                    "clothing_id", "positive_feedback", "rating", "recommended"]
     rating = spec.task("rating")
     assert rating.classes == ["1", "2", "3", "4", "5"] and rating.num_classes == 5
     feedback = spec.task("positive_feedback")
     assert feedback.label_transform == "log1p"
-    assert feedback.loss_weight == pytest.approx(0.5)
+    assert spec.features.ids == ["clothing_id"] and spec.features.id_hash_buckets == 2000
     assert feedback.primary_metric_lower_is_better is True
     assert spec.task("recommended").loss_weight == pytest.approx(1.0)
     assert spec.task("recommended").num_classes == 1
