@@ -30,6 +30,10 @@ def id_key(column: str) -> str:
     return f"id__{column}"
 
 
+def bucket_key(column: str) -> str:
+    return f"bucket__{column}"
+
+
 def categorical_vocab_name(column: str) -> str:
     return f"vocab__{column}"
 

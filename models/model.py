@@ -30,13 +30,15 @@ CURVES_FILE = "training_curves.json"
 
 
 def cardinalities(spec: ProjectSpec, tf_transform_output: tft.TFTransformOutput) -> dict[str, int]:
-    """Number of embedding rows each categorical / id input needs."""
+    """Number of embedding rows each categorical / id / bucket input needs."""
     sizes = {}
     for column in spec.features.categorical:
         vocab = tf_transform_output.vocabulary_size_by_name(features.categorical_vocab_name(column))
         sizes[features.categorical_key(column)] = vocab + spec.features.categorical_oov_buckets
     for column in spec.features.ids:
         sizes[features.id_key(column)] = spec.features.id_hash_buckets
+    for column, num_buckets in spec.features.buckets.items():
+        sizes[features.bucket_key(column)] = num_buckets + 1  # the last: missing
     return sizes
 
 

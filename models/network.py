@@ -32,8 +32,7 @@ def model_inputs(spec: ProjectSpec) -> dict[str, tf_keras.Input]:
             shape=(2 * len(spec.features.numeric),), dtype=tf.float32, name=features.NUMERIC
         )
     for key in [features.categorical_key(c) for c in spec.features.categorical] + [
-        features.id_key(c) for c in spec.features.ids
-    ]:
+        features.id_key(c) for c in spec.features.ids] + [features.bucket_key(c) for c in spec.features.buckets]:
         inputs[key] = tf_keras.Input(shape=(), dtype=tf.int64, name=key)
     return inputs
 
@@ -49,7 +48,7 @@ def _mlp(units: list[int], dropout: float, name: str) -> tf_keras.Sequential:
 def build_network(spec: ProjectSpec, tasks: list[Task], cardinalities: dict[str, int]) -> tf_keras.Model:
     """Returns a functional model: transformed features -> {task name: logits}.
 
-    `cardinalities` maps each categorical / id input key to its number of distinct indices.
+    `cardinalities` maps each categorical / id / bucket input key to its number of distinct indices.
     """
     inputs = model_inputs(spec)
     parts = []

@@ -1,4 +1,4 @@
-"""TF Transform `preprocessing_fn`: in-graph WordPiece, z-scores, vocabularies, hashed ids, labels + masks.
+"""TF Transform `preprocessing_fn`: in-graph WordPiece, z-scores, quantile buckets, vocabularies, hashed ids, labels + masks.
 
 The function is traced into the Transform graph, which the exported SavedModel embeds, so serving
 preprocesses raw tf.Examples exactly as training did.
@@ -99,6 +99,17 @@ def _numeric_features(inputs, spec: ProjectSpec) -> dict[str, tf.Tensor]:
     return {features.NUMERIC: tf.stack(zscores + missing, axis=1)}
 
 
+def _bucket_features(inputs, spec: ProjectSpec) -> dict[str, tf.Tensor]:
+    """Quantile bucket of each `features.buckets` column; a missing cell gets bucket `num_buckets`."""
+    out = {}
+    for column, num_buckets in spec.features.buckets.items():
+        values, present = _dense_1d(_float(inputs[column]), default=0.0)
+        # Zero weight keeps missing cells out of the quantiles.
+        bucket = tft.bucketize(values, num_buckets, weights=present, name=f"bucketize_{column}")
+        out[features.bucket_key(column)] = tf.where(present > 0, bucket, tf.constant(num_buckets, tf.int64))
+    return out
+
+
 def _categorical_features(inputs, spec: ProjectSpec) -> dict[str, tf.Tensor]:
     out = {}
     for column in spec.features.categorical:
@@ -186,6 +197,7 @@ def transform(inputs, spec: ProjectSpec) -> dict[str, tf.Tensor]:
         out.update(_text_features(inputs, spec))
     if spec.features.numeric:
         out.update(_numeric_features(inputs, spec))
+        out.update(_bucket_features(inputs, spec))
     out.update(_categorical_features(inputs, spec))
     out.update(_labels(inputs, spec))
     return out

@@ -242,12 +242,19 @@ class FeaturesSpec(_Strict):
     categorical_oov_buckets: int = Field(1, gt=0)
     # Numeric columns (>= 0, heavy-tailed: money, counts) z-scored as log(1 + x) instead of x.
     log1p: list[str] = Field(default_factory=list)
+    # Numeric columns also embedded by quantile bucket (column: number of buckets), next to their z-score:
+    # a step function of the value, which tree models find at once and an MLP on one z-score does not.
+    buckets: dict[str, int] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _log1p_numeric(self) -> "FeaturesSpec":
-        unknown = sorted(set(self.log1p) - set(self.numeric))
-        if unknown:
-            raise ValueError(f"features.log1p {unknown} must be numeric features; numeric: {self.numeric}")
+    def _numeric_options(self) -> "FeaturesSpec":
+        for key, columns in (("log1p", self.log1p), ("buckets", self.buckets)):
+            unknown = sorted(set(columns) - set(self.numeric))
+            if unknown:
+                raise ValueError(f"features.{key} {unknown} must be numeric features; numeric: {self.numeric}")
+        few = {c: n for c, n in self.buckets.items() if n < 2}
+        if few:
+            raise ValueError(f"features.buckets {few}: a column needs at least 2 buckets")
         return self
 
     def all_columns(self) -> list[str]:

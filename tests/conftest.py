@@ -32,8 +32,10 @@ def run_pipeline(*args: str, cwd: Path = ROOT, timeout: int = 1200) -> "subproce
 
 
 def tiny_config(**training) -> dict:
-    """configs/commerce.yaml with the random tiny encoder and short sequences, for fast tests."""
+    """configs/commerce.yaml with the random tiny encoder and short sequences, for fast tests, plus quantile
+    buckets on one numeric column so that training, export and serving all carry a bucket input."""
     config = yaml.safe_load((ROOT / "configs" / "commerce.yaml").read_text())
+    config["features"]["buckets"] = {"user_age": 4}
     config["encoder"] = {"kind": "tiny", "hidden_size": 32, "num_layers": 1, "num_heads": 2}
     config["sequence_length"] = 32
     config["training"].update(training)
@@ -98,9 +100,10 @@ def serialize(instance: dict, columns: list[str]) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-@pytest.fixture(scope="session")
-def transformed(tiny_spec, generated, tmp_path_factory):
-    """Runs tft_beam's AnalyzeAndTransformDataset with our preprocessing over the generated rows."""
+def analyze_and_transform(spec: ProjectSpec, instances: list[dict], feature_spec: dict, out: Path):
+    """tft_beam's AnalyzeAndTransformDataset with our preprocessing over `instances`, in their order.
+
+    Returns (transformed rows as numpy dicts, TFTransformOutput of the transform graph written to out)."""
     import apache_beam as beam
     import tensorflow as tf
     import tensorflow_transform as tft
@@ -108,33 +111,41 @@ def transformed(tiny_spec, generated, tmp_path_factory):
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
     from models.preprocessing import transform
-    from pipeline.data_prep import prepare
 
-    out = tmp_path_factory.mktemp("transform")
-    prepared = prepare(tiny_spec, [generated.events_csv], out / "prepared")
-    instances, feature_spec = raw_rows_and_spec(tiny_spec, prepared.csv)
     # A row index rides along so the rows can be put back in order after Beam shuffles them.
-    instances = [{**row, ROW_INDEX: i} for i, row in enumerate(instances)]
-    feature_spec = {**feature_spec, ROW_INDEX: tf.io.FixedLenFeature([], tf.int64)}
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(feature_spec))
+    indexed = [{**row, ROW_INDEX: i} for i, row in enumerate(instances)]
+    indexed_spec = {**feature_spec, ROW_INDEX: tf.io.FixedLenFeature([], tf.int64)}
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(indexed_spec))
     with tft_beam.Context(temp_dir=str(out / "tmp"), force_tf_compat_v1=False), beam.Pipeline() as pipeline:
-        raw = pipeline | beam.Create(instances, reshuffle=False)
+        raw = pipeline | beam.Create(indexed, reshuffle=False)
         (data, _), transform_fn = (raw, metadata) | tft_beam.AnalyzeAndTransformDataset(
-            lambda inputs: {**transform(inputs, tiny_spec), ROW_INDEX: inputs[ROW_INDEX]},
+            lambda inputs: {**transform(inputs, spec), ROW_INDEX: inputs[ROW_INDEX]},
             output_record_batches=False)
         _ = transform_fn | tft_beam.WriteTransformFn(str(out / "transform_fn"))
         _ = (data | beam.Map(lambda row: json.dumps({k: np.asarray(v).tolist() for k, v in row.items()}))
              | beam.io.WriteToText(str(out / "transformed"), shard_name_template=""))
     # TFX's Transform also stores the raw schema there; serving parses requests with it.
-    raw_schema = schema_utils.schema_from_feature_spec({k: v for k, v in feature_spec.items() if k != ROW_INDEX})
+    raw_schema = schema_utils.schema_from_feature_spec(feature_spec)
     metadata_io.write_metadata(dataset_metadata.DatasetMetadata(raw_schema),
                                str(out / "transform_fn" / tft.TFTransformOutput.RAW_METADATA_DIR))
     rows = [json.loads(line) for line in (out / "transformed").read_text().splitlines()]
     data = [{k: np.asarray(v) for k, v in r.items()} for r in sorted(rows, key=lambda r: r[ROW_INDEX])]
+    return data, tft.TFTransformOutput(str(out / "transform_fn"))
+
+
+@pytest.fixture(scope="session")
+def transformed(tiny_spec, generated, tmp_path_factory):
+    """Runs tft_beam's AnalyzeAndTransformDataset with our preprocessing over the generated rows."""
+    from pipeline.data_prep import prepare
+
+    out = tmp_path_factory.mktemp("transform")
+    prepared = prepare(tiny_spec, [generated.events_csv], out / "prepared")
+    instances, feature_spec = raw_rows_and_spec(tiny_spec, prepared.csv)
+    data, output = analyze_and_transform(tiny_spec, instances, feature_spec, out)
     return {
         "raw": instances,
         "data": data,
-        "output": tft.TFTransformOutput(str(out / "transform_fn")),
+        "output": output,
         "prepared_csv": prepared.csv,
     }
 

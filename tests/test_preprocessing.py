@@ -1,4 +1,4 @@
-"""preprocessing_fn run by tft_beam on generated rows: tokens, numerics, vocabularies, labels, masks."""
+"""preprocessing_fn run by tft_beam on generated rows: tokens, numerics, buckets, vocabularies, labels, masks."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +6,8 @@ from transformers import BertTokenizer
 
 from models import features
 from models.encoders import resolve_assets
+from models.spec import parse_spec
+from tests.conftest import analyze_and_transform
 
 
 def _expected_ids(spec, raw) -> list[int]:
@@ -64,6 +66,48 @@ def test_log1p_numerics_are_z_scored_on_the_log_scale(tiny_spec, transformed):
         i = tiny_spec.features.numeric.index(column)
         logged = np.log1p(np.asarray([float(raw[column][0]) for raw in transformed["raw"]]))
         np.testing.assert_allclose(numeric[:, i], (logged - logged.mean()) / logged.std(), rtol=1e-3, atol=1e-3)
+
+
+def _bucket_of_each_value(values: np.ndarray, buckets: np.ndarray) -> dict[float, int]:
+    mapping: dict[float, int] = {}
+    for value, bucket in zip(values, buckets):
+        assert mapping.setdefault(value, bucket) == bucket, f"value {value} in buckets {mapping[value]} and {bucket}"
+    return mapping
+
+
+def test_numeric_buckets_are_quantiles_ordered_by_value(tiny_spec, transformed):
+    assert tiny_spec.features.buckets == {"user_age": 4}  # tests/conftest.py's tiny_config
+    values = np.asarray([float(raw["user_age"][0]) for raw in transformed["raw"]])
+    buckets = np.asarray([int(r[features.bucket_key("user_age")]) for r in transformed["data"]])
+    mapping = _bucket_of_each_value(values, buckets)
+    ordered = [mapping[v] for v in sorted(mapping)]
+    assert ordered == sorted(ordered)  # a larger value never lands in a lower bucket
+    counts = np.bincount(buckets, minlength=4)
+    assert len(counts) == 4 and counts.min() > 0, counts
+    assert counts.max() <= 0.5 * len(values), counts  # quantiles, not equal widths of a skewed range
+
+
+def test_a_missing_numeric_cell_gets_the_bucket_after_the_last(tmp_path):
+    import tensorflow as tf
+
+    spec = parse_spec({
+        "model_name": "buckets", "sources": [{"path": "rows.csv"}],
+        "features": {"numeric": ["spend"], "buckets": {"spend": 4}},
+        "tasks": [{"name": "buy", "type": "binary", "label": "buy", "blessing_threshold": 0.5}],
+    })
+    # Heavy-tailed values: three quarters of them below 1, the rest up to 10,000.
+    spend = [0.01 * i for i in range(30)] + [10.0 ** (i % 5) for i in range(10)]
+    instances = [{"spend": [v], "buy": [i % 2]} for i, v in enumerate(spend)] + [{"spend": [], "buy": [1]}]
+    feature_spec = {"spend": tf.io.VarLenFeature(tf.float32), "buy": tf.io.VarLenFeature(tf.int64)}
+    data, _ = analyze_and_transform(spec, instances, feature_spec, tmp_path)
+    buckets = np.asarray([int(r[features.bucket_key("spend")]) for r in data])
+    assert buckets[-1] == 4  # the missing cell
+    present = buckets[:-1]
+    assert set(present) == {0, 1, 2, 3}
+    assert [int(b) for b in np.bincount(present)] == [10, 10, 10, 10]  # equal counts, not equal widths
+    mapping = _bucket_of_each_value(np.asarray(spend, np.float32), present)
+    ordered = [mapping[v] for v in sorted(mapping)]
+    assert ordered == sorted(ordered)
 
 
 def test_categoricals_get_vocabulary_indices(tiny_spec, transformed):

@@ -436,3 +436,13 @@ def test_log1p_features_must_be_numeric():
     data = _base()
     data["features"]["log1p"] = ["color"]
     assert "features.log1p ['color'] must be numeric features" in _error(data)
+
+
+def test_buckets_name_numeric_columns_with_at_least_two_buckets():
+    data = _base()
+    data["features"]["buckets"] = {"color": 4}
+    assert "features.buckets ['color'] must be numeric features; numeric: ['price']" in _error(data)
+    data["features"]["buckets"] = {"price": 1}
+    assert "features.buckets {'price': 1}: a column needs at least 2 buckets" in _error(data)
+    data["features"]["buckets"] = {"price": 8}
+    assert parse_spec(data).features.buckets == {"price": 8}
