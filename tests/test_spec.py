@@ -446,3 +446,9 @@ def test_buckets_name_numeric_columns_with_at_least_two_buckets():
     assert "features.buckets {'price': 1}: a column needs at least 2 buckets" in _error(data)
     data["features"]["buckets"] = {"price": 8}
     assert parse_spec(data).features.buckets == {"price": 8}
+
+
+def test_reviews_ple_config_is_the_reviews_config_with_ple_sharing():
+    reviews, ple = load_spec(REVIEWS), load_spec(REPO / "configs" / "reviews_ple.yaml")
+    assert ple.architecture.type == "ple" and ple.model_name == "reviews_ple"
+    assert ple.tasks == reviews.tasks and ple.features == reviews.features and ple.sources == reviews.sources
