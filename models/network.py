@@ -31,8 +31,10 @@ def model_inputs(spec: ProjectSpec) -> dict[str, tf_keras.Input]:
         inputs[features.NUMERIC] = tf_keras.Input(
             shape=(2 * len(spec.features.numeric),), dtype=tf.float32, name=features.NUMERIC
         )
-    for key in [features.categorical_key(c) for c in spec.features.categorical] + [
-        features.id_key(c) for c in spec.features.ids] + [features.bucket_key(c) for c in spec.features.buckets]:
+    index_keys = ([features.categorical_key(c) for c in spec.features.categorical]
+                  + [features.id_key(c) for c in spec.features.ids]
+                  + [features.bucket_key(c) for c in spec.features.buckets])
+    for key in index_keys:
         inputs[key] = tf_keras.Input(shape=(), dtype=tf.int64, name=key)
     return inputs
 

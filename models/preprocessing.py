@@ -1,4 +1,5 @@
-"""TF Transform `preprocessing_fn`: in-graph WordPiece, z-scores, quantile buckets, vocabularies, hashed ids, labels + masks.
+"""TF Transform `preprocessing_fn`: in-graph WordPiece, z-scores, quantile buckets, vocabularies, hashed ids,
+labels + masks.
 
 The function is traced into the Transform graph, which the exported SavedModel embeds, so serving
 preprocesses raw tf.Examples exactly as training did.
