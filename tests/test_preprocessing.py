@@ -68,20 +68,20 @@ def test_log1p_numerics_are_z_scored_on_the_log_scale(tiny_spec, transformed):
         np.testing.assert_allclose(numeric[:, i], (logged - logged.mean()) / logged.std(), rtol=1e-3, atol=1e-3)
 
 
-def _bucket_of_each_value(values: np.ndarray, buckets: np.ndarray) -> dict[float, int]:
+def _assert_buckets_follow_values(values: np.ndarray, buckets: np.ndarray) -> None:
+    """Equal values share a bucket, and a larger value never lands in a lower bucket."""
     mapping: dict[float, int] = {}
     for value, bucket in zip(values, buckets):
         assert mapping.setdefault(value, bucket) == bucket, f"value {value} in buckets {mapping[value]} and {bucket}"
-    return mapping
+    ordered = [mapping[v] for v in sorted(mapping)]
+    assert ordered == sorted(ordered), ordered
 
 
 def test_numeric_buckets_are_quantiles_ordered_by_value(tiny_spec, transformed):
     assert tiny_spec.features.buckets == {"user_age": 4}  # tests/conftest.py's tiny_config
     values = np.asarray([float(raw["user_age"][0]) for raw in transformed["raw"]])
     buckets = np.asarray([int(r[features.bucket_key("user_age")]) for r in transformed["data"]])
-    mapping = _bucket_of_each_value(values, buckets)
-    ordered = [mapping[v] for v in sorted(mapping)]
-    assert ordered == sorted(ordered)  # a larger value never lands in a lower bucket
+    _assert_buckets_follow_values(values, buckets)
     counts = np.bincount(buckets, minlength=4)
     assert len(counts) == 4 and counts.min() > 0, counts
     assert counts.max() <= 0.5 * len(values), counts  # quantiles, not equal widths of a skewed range
@@ -105,9 +105,7 @@ def test_a_missing_numeric_cell_gets_the_bucket_after_the_last(tmp_path):
     present = buckets[:-1]
     assert set(present) == {0, 1, 2, 3}
     assert [int(b) for b in np.bincount(present)] == [10, 10, 10, 10]  # equal counts, not equal widths
-    mapping = _bucket_of_each_value(np.asarray(spend, np.float32), present)
-    ordered = [mapping[v] for v in sorted(mapping)]
-    assert ordered == sorted(ordered)
+    _assert_buckets_follow_values(np.asarray(spend, np.float32), present)
 
 
 def test_categoricals_get_vocabulary_indices(tiny_spec, transformed):
